@@ -1,0 +1,1 @@
+"""Roles, the permission matrix as data, and the security manager."""

@@ -1,0 +1,2 @@
+"""Plan catalog and tiers, subscriptions and plan-change requests, metering, usage
+summary and budget alerts."""

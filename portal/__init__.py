@@ -1,0 +1,122 @@
+"""Billfold's application factory."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from flask import Flask, g, request
+from flask_wtf.csrf import CSRFProtect
+
+from portal.config import PROJECT_ROOT, load_config
+from portal.extensions import appbuilder, db, migrate
+
+csrf = CSRFProtect()
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the portal. ``config`` overrides the defaults and ``BILLFOLD_*`` variables."""
+    app = Flask(
+        __name__,
+        instance_path=str(PROJECT_ROOT / "instance"),
+        template_folder=str(PROJECT_ROOT / "templates"),
+    )
+    load_config(app, config)
+    init_instance_folder(app)
+    init_database(app)
+    init_appbuilder(app)
+    init_request_scope(app)
+    init_blueprints(app)
+    init_errors(app)
+    init_cli(app)
+    return app
+
+
+def init_instance_folder(app: Flask) -> None:
+    import os
+
+    os.makedirs(app.instance_path, exist_ok=True)
+
+
+def init_database(app: Flask) -> None:
+    import portal.audit  # noqa: F401 - register every model on the metadata
+    import tenants.models  # noqa: F401
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
+    csrf.init_app(app)
+
+
+def init_appbuilder(app: Flask) -> None:
+    from permissions.matrix import (
+        MENU_ACCOUNT,
+        MENU_ALL_USERS,
+        MENU_AUDIT_LOG,
+        MENU_PLATFORM,
+        MENU_TEAM,
+        MENU_TENANTS,
+    )
+    from portal.views import AuditLogView
+    from tenants.views import InvitationView, PlatformUsersView, TeamView, TenantView
+
+    with app.app_context():
+        appbuilder.init_app(app, db.session)
+        appbuilder.add_view(TenantView, MENU_TENANTS, icon="fa-building",
+                            category=MENU_PLATFORM, category_icon="fa-server")
+        appbuilder.add_view(PlatformUsersView, MENU_ALL_USERS, icon="fa-users",
+                            category=MENU_PLATFORM)
+        appbuilder.add_view(TeamView, MENU_TEAM, icon="fa-users", category=MENU_ACCOUNT,
+                            category_icon="fa-id-card",
+                            menu_cond=lambda: g.user.tenant_id is not None)
+        appbuilder.add_view(AuditLogView, MENU_AUDIT_LOG, icon="fa-history",
+                            category=MENU_ACCOUNT)
+        appbuilder.add_view_no_menu(InvitationView)
+
+
+def init_request_scope(app: Flask) -> None:
+    """Choose each request's tenant scope from the logged-in user, after FAB has
+    loaded it: a tenant user is confined to their tenant, a Platform Admin sees all,
+    anyone else gets no scope (any tenant query then raises and answers 404)."""
+    from portal.audit import current_request_id
+    from tenants.scoping import ALL_TENANTS, NO_SCOPE, Scope, reset_scope, set_scope
+
+    @app.before_request
+    def _enter_scope():
+        g._request_id_token = current_request_id.set(
+            request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        )
+        user = getattr(g, "user", None)
+        scope = NO_SCOPE
+        if user is not None and user.is_authenticated:
+            if user.tenant_id is not None:
+                scope = Scope("tenant", user.tenant_id)
+            elif any(r.name == app.config["AUTH_ROLE_ADMIN"] for r in user.roles):
+                scope = ALL_TENANTS
+        g._scope_token = set_scope(scope)
+
+    @app.teardown_request
+    def _leave_scope(exc):
+        token = g.pop("_scope_token", None)
+        if token is not None:
+            reset_scope(token)
+        rid = g.pop("_request_id_token", None)
+        if rid is not None:
+            current_request_id.reset(rid)
+
+
+def init_blueprints(app: Flask) -> None:
+    from portal.health import bp as health_bp
+
+    app.register_blueprint(health_bp)
+
+
+def init_errors(app: Flask) -> None:
+    from portal.errors import init_error_handlers
+
+    init_error_handlers(app)
+
+
+def init_cli(app: Flask) -> None:
+    from portal.cli import billfold
+
+    app.cli.add_command(billfold)

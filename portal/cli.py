@@ -1,0 +1,107 @@
+"""``flask billfold ...``: set-up, roles, tenants and demo data."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+from flask import current_app
+from flask.cli import with_appcontext
+
+from portal.audit import Actor
+from portal.errors import NotFoundError, ValidationFailed
+
+CLI_ACTOR = Actor.system("cli")
+
+
+def fail(message: str) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+def billfold() -> None:
+    """Billfold administration."""
+
+
+@billfold.command("sync-roles")
+@with_appcontext
+def sync_roles_command() -> None:
+    """Write the roles of the permission matrix to the database."""
+    from permissions.sync import sync_roles
+
+    counts = sync_roles(current_app.appbuilder)
+    for role, count in counts.items():
+        click.echo(f"{role}: {count} permissions")
+
+
+@billfold.command("init")
+@with_appcontext
+def init_command() -> None:
+    """Prepare a migrated database: sync roles and permissions."""
+    from permissions.sync import sync_roles
+
+    sync_roles(current_app.appbuilder)
+    click.echo("Roles and permissions are in place.")
+
+
+@billfold.command("create-tenant")
+@click.option("--slug", required=True)
+@click.option("--name", required=True)
+@click.option("--billing-email", required=True)
+@click.option("--currency", default="USD", show_default=True)
+@click.option("--timezone", default="UTC", show_default=True)
+@with_appcontext
+def create_tenant_command(slug, name, billing_email, currency, timezone) -> None:
+    """Create a tenant."""
+    from tenants import services
+
+    try:
+        tenant = services.create_tenant(
+            CLI_ACTOR,
+            {"slug": slug, "name": name, "billing_email": billing_email,
+             "currency": currency, "timezone": timezone},
+        )
+    except ValidationFailed as exc:
+        fail("; ".join(f"{k}: {v}" for k, v in exc.errors.items()))
+    click.echo(f"Created tenant {tenant.slug} (id {tenant.id}).")
+
+
+@billfold.command("create-user")
+@click.option("--email", required=True)
+@click.option("--first-name", required=True)
+@click.option("--last-name", required=True)
+@click.option("--role", required=True,
+              type=click.Choice(["Platform Admin", "Tenant Admin", "Billing Contact"]))
+@click.option("--tenant", "tenant_slug", help="Tenant slug (omit for a Platform Admin)")
+@click.option("--username")
+@click.password_option()
+@with_appcontext
+def create_user_command(email, first_name, last_name, role, tenant_slug, username, password):
+    """Create a user who can log in at once."""
+    from tenants import services
+
+    try:
+        tenant = services.get_tenant_by_slug(tenant_slug) if tenant_slug else None
+        user = services.create_user(
+            CLI_ACTOR, tenant,
+            {"email": email, "first_name": first_name, "last_name": last_name,
+             "role": role, "username": username},
+            password,
+        )
+    except NotFoundError as exc:
+        fail(str(exc))
+    except ValidationFailed as exc:
+        fail("; ".join(f"{k}: {v}" for k, v in exc.errors.items()))
+    click.echo(f"Created {role} {user.username}.")
+
+
+@billfold.command("demo")
+@with_appcontext
+def demo_command() -> None:
+    """Load the demo tenants and logins (idempotent). Demo-only passwords."""
+    from portal.demo import load_demo
+
+    summary = load_demo()
+    for line in summary:
+        click.echo(line)

@@ -1,0 +1,69 @@
+"""Configuration: a class of defaults, overridden by ``BILLFOLD_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def normalise_database_url(url: str) -> str:
+    """Use the psycopg 3 driver for PostgreSQL URLs given without a driver."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Config:
+    APP_NAME = "Billfold"
+    APP_ICON = ""
+    SECRET_KEY = "billfold-development-secret"  # replaced by BILLFOLD_SECRET_KEY in production
+    DATABASE_URL: str | None = None  # default: SQLite in the instance folder
+    SQLALCHEMY_TRACK_MODIFICATIONS = False
+    SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+
+    # Flask-AppBuilder
+    FAB_SECURITY_MANAGER_CLASS = "permissions.security.BillfoldSecurityManager"
+    AUTH_TYPE = 1  # AUTH_DB
+    AUTH_ROLE_ADMIN = "Platform Admin"
+    AUTH_ROLE_PUBLIC = "Public"
+    AUTH_USER_REGISTRATION = False
+    # Schema and roles are owned by migrations and `flask billfold sync-roles`,
+    # never by application start-up (several workers would race to create them).
+    FAB_CREATE_DB = False
+    FAB_UPDATE_PERMS = False
+    FAB_ADD_SECURITY_API = False
+    FAB_API_SWAGGER_UI = False
+    FAB_INDEX_VIEW = "portal.views.HomeView"
+    RATELIMIT_ENABLED = True
+    RATELIMIT_STORAGE_URI = "memory://"
+    AUTH_RATE_LIMITED = True
+    AUTH_RATE_LIMIT = "10 per 20 second"
+    WTF_CSRF_ENABLED = True
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    BABEL_DEFAULT_LOCALE = "en"
+    LANGUAGES = {"en": {"flag": "us", "name": "English"}}
+
+    # Billfold
+    INVITATION_TTL_HOURS = 72
+    DEFAULT_CURRENCY = "USD"
+    DEFAULT_TIMEZONE = "UTC"
+
+
+def load_config(app, config: dict | None) -> None:
+    """Apply defaults, then ``BILLFOLD_*`` variables, then an explicit mapping (tests)."""
+    app.config.from_object(Config)
+    app.config.from_prefixed_env(prefix="BILLFOLD")
+    if config:
+        app.config.update(config)
+    url = app.config.get("DATABASE_URL") or os.environ.get("BILLFOLD_DATABASE_URL")
+    if not url:
+        url = "sqlite:///" + str(Path(app.instance_path) / "billfold.db")
+    app.config["SQLALCHEMY_DATABASE_URI"] = normalise_database_url(str(url))
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # SQLite serialises writers; a busy timeout lets concurrent writers wait
+        # instead of failing with "database is locked".
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"timeout": 30}}

@@ -1,0 +1,56 @@
+"""Errors that services raise and the handlers that turn them into responses."""
+
+from __future__ import annotations
+
+from flask import Flask, abort, jsonify, request
+from werkzeug.exceptions import HTTPException, NotFound
+
+from tenants.scoping import TenantScopeError
+
+
+class ValidationFailed(ValueError):
+    """Bad input: nothing was written. ``errors`` maps a field name to its message."""
+
+    def __init__(self, errors: dict[str, str]):
+        self.errors = errors
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+
+
+class NotFoundError(LookupError):
+    """The object does not exist in the caller's scope (another tenant's looks the same)."""
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path.startswith("/webhooks/")
+
+
+def _json_error(status: int, code: str, message: str, details=None):
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return jsonify(body), status
+
+
+def init_error_handlers(app: Flask) -> None:
+    @app.url_value_preprocessor
+    def _reject_malformed_ids(endpoint, values):
+        # Every model has an integer key: a malformed id is an unknown object.
+        pk = (values or {}).get("pk")
+        if pk is not None and not str(pk).isdigit():
+            abort(404)
+
+    @app.errorhandler(TenantScopeError)
+    @app.errorhandler(NotFoundError)
+    def _not_found(exc):
+        from portal.extensions import db
+
+        db.session.rollback()
+        app.logger.warning("refused: %s", exc)
+        if _wants_json():
+            return _json_error(404, "not_found", "No such object.")
+        return NotFound()
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if _wants_json():
+            code = (exc.name or "error").lower().replace(" ", "_")
+            return _json_error(exc.code or 500, code, exc.description or exc.name)
+        return exc

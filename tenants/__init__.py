@@ -1,0 +1,1 @@
+"""Tenants, tenant users, and the tenant-scoping machinery."""
