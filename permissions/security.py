@@ -7,10 +7,17 @@ from flask_appbuilder.security.sqla.manager import SecurityManager
 from flask_appbuilder.security.views import RoleModelView, UserDBModelView
 
 from permissions.matrix import RESOURCE_FAB_ROLES, RESOURCE_FAB_USERS
+from portal.modelviews import SafeActionsMixin
 from tenants.models import BillfoldUser
+from tenants.scoping import tenant_scope, unscoped
 
 
-class BillfoldUserDBModelView(UserDBModelView):
+def own_scope(user):
+    """The scope a user's own row is written in."""
+    return tenant_scope(user.tenant_id) if user.tenant_id is not None else unscoped()
+
+
+class BillfoldUserDBModelView(SafeActionsMixin, UserDBModelView):
     """FAB's user administration with the tenant shown; Platform Admin only."""
 
     class_permission_name = RESOURCE_FAB_USERS
@@ -27,7 +34,7 @@ class BillfoldUserDBModelView(UserDBModelView):
     search_columns = ["username", "email", "first_name", "last_name", "tenant", "active"]
 
 
-class ReadOnlyRoleModelView(RoleModelView):
+class ReadOnlyRoleModelView(SafeActionsMixin, RoleModelView):
     """Roles are data synced by ``flask billfold sync-roles``; edits here would be lost."""
 
     class_permission_name = RESOURCE_FAB_ROLES
@@ -64,3 +71,13 @@ class BillfoldSecurityManager(SecurityManager):
             self.rolemodelview, "List Roles", icon="fa-user-gear", category="Security"
         )
         role_view.related_views = [self.user_view.__class__]
+
+    # Logging in happens before a request has a scope; the user's own bookkeeping
+    # (login count, last login, failed attempts) is written in the user's own scope.
+    def update_user_auth_stat(self, user, success=True):
+        with own_scope(user):
+            return super().update_user_auth_stat(user, success)
+
+    def noop_user_update(self, user) -> None:
+        with own_scope(user):
+            super().noop_user_update(user)

@@ -10,27 +10,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import abort, flash, g
-from flask_appbuilder import ModelView
+from flask import abort, flash, g, request
+from flask_appbuilder import ModelView, expose
+from flask_appbuilder.urltools import get_order_args, get_page_args, get_page_size_args
 
 from portal.audit import Actor
 from portal.errors import ValidationFailed
 from portal.extensions import db
 
+# Deleting is not a write: billing records are suspended or deactivated, never
+# deleted, so "delete" keeps its own permission, which no role is given.
 READ_WRITE = {
     "list": "read",
     "show": "read",
     "download": "read",
     "add": "write",
     "edit": "write",
-    "delete": "write",
     "action": "write",
     "action_post": "write",
 }
 
 
-class ServiceModelView(ModelView):
+class SafeActionsMixin:
+    """FAB's action routes fail with a 500 on an unknown action name and hand
+    ``None`` to the action for an id outside the scope. Both answer 404 here."""
+
+    def get_action_permission_name(self, name: str) -> str:
+        if name not in self.actions:
+            abort(404)
+        return super().get_action_permission_name(name)
+
+    @expose("/action/<string:name>/<pk>", methods=["GET", "POST"])
+    def action(self, name, pk):
+        if name not in self.actions or self.datamodel.get(pk, self._base_filters) is None:
+            abort(404)
+        return super().action(name, pk)
+
+    @expose("/action_post", methods=["POST"])
+    def action_post(self):
+        name = request.form.get("action", "")
+        pks = request.form.getlist("rowid")
+        if name not in self.actions or not pks:
+            abort(404)
+        if any(self.datamodel.get(pk, self._base_filters) is None for pk in pks):
+            abort(404)
+        return super().action_post()
+
+
+class BillfoldModelView(SafeActionsMixin, ModelView):
+    page_size = 50
+
+
+class ServiceModelView(BillfoldModelView):
     method_permission_name = READ_WRITE
+    base_permissions = ["can_read", "can_write"]
     page_size = 50
     form_field_aliases: dict[str, str] = {}
 
@@ -41,9 +74,6 @@ class ServiceModelView(ModelView):
         abort(405)
 
     def update_item(self, item: Any, data: dict[str, Any]) -> Any:
-        abort(405)
-
-    def delete_item(self, item: Any) -> None:
         abort(405)
 
     def _form_data(self, form) -> dict[str, Any]:
@@ -59,8 +89,6 @@ class ServiceModelView(ModelView):
                 flash(message, "danger")
 
     def _add(self):
-        from flask import request
-
         form = self.add_form.refresh()
         if request.method == "POST" and form.validate():
             try:
@@ -73,8 +101,6 @@ class ServiceModelView(ModelView):
         return self._get_add_widget(form=form, exclude_cols=[])
 
     def _edit(self, pk):
-        from flask import request
-
         item = self.datamodel.get(pk, self._base_filters)
         if item is None:
             abort(404)
@@ -92,16 +118,8 @@ class ServiceModelView(ModelView):
         else:
             form = self.edit_form.refresh(obj=item)
             self.prefill_form(form, pk)
-        return self._get_edit_widget(form=form, exclude_cols=[])
-
-    def _delete(self, pk):
-        item = self.datamodel.get(pk, self._base_filters)
-        if item is None:
-            abort(404)
-        try:
-            self.delete_item(item)
-        except ValidationFailed as exc:
-            db.session.rollback()
-            flash(str(exc), "danger")
-        else:
-            flash(self.delete_row_message, "success")
+        widgets = self._get_edit_widget(form=form, exclude_cols=[])
+        return self._get_related_views_widgets(
+            item, filters={}, orders=get_order_args(), pages=get_page_args(),
+            page_sizes=get_page_size_args(), widgets=widgets,
+        )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from flask import abort, g, redirect
-from flask_appbuilder import IndexView, ModelView, expose
+from flask_appbuilder import IndexView, expose
 from flask_appbuilder.models.sqla.interface import SQLAInterface
 from sqlalchemy import func, select
 
 from permissions.matrix import CAN_READ, RESOURCE_AUDIT_LOG, RESOURCE_DASHBOARD
 from portal.audit import AuditEvent
 from portal.extensions import db
+from portal.modelviews import BillfoldModelView
 from tenants.models import BillfoldUser, Tenant
 
 
@@ -56,7 +57,7 @@ class HomeView(IndexView):
         return self.appbuilder.sm.has_access(CAN_READ, RESOURCE_AUDIT_LOG)
 
 
-class AuditLogView(ModelView):
+class AuditLogView(BillfoldModelView):
     """Who changed what, when. Tenant Admins see their tenant's rows (the ORM scope
     filters them); Platform Admins see every row and the tenant column."""
 

@@ -12,7 +12,7 @@ from sqlalchemy import CheckConstraint, DateTime, ForeignKey, Integer, String, e
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from permissions.matrix import PLATFORM_ADMIN, TENANT_ROLES
-from tenants.scoping import TenantIsolated
+from tenants.scoping import TenantIsolated, tenant_scope
 
 
 class TenantStatus(enum.StrEnum):
@@ -80,7 +80,11 @@ class BillfoldUser(TenantIsolated, User):
     def is_active(self) -> bool:  # Flask-Login and FAB's login both consult this
         if not self.active:
             return False
-        return self.tenant is None or self.tenant.is_active
+        if self.tenant_id is None:
+            return True
+        # Login runs before any scope exists: read the user's own tenant in its scope.
+        with tenant_scope(self.tenant_id):
+            return self.tenant is not None and self.tenant.is_active
 
     @property
     def role_names(self) -> list[str]:

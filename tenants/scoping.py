@@ -151,14 +151,30 @@ def _apply_tenant_scope(state: ORMExecuteState) -> None:
             return
         names = ", ".join(sorted(c.__name__ for c in classes))
         raise TenantScopeError(f"query of tenant-isolated {names} with no tenant scope")
-    tenant_id = scope.tenant_id
-    state.statement = state.statement.options(
+    state.statement = state.statement.options(*_tenant_criteria(scope.tenant_id))
+
+
+def _isolated_classes() -> list[type]:
+    """Every mapped tenant-isolated class (collected once all models are mapped)."""
+    found, stack = [], list(TenantIsolated.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if inspect(cls, raiseerr=False) is not None and cls not in found:
+            found.append(cls)
+    return found
+
+
+def _tenant_criteria(tenant_id: int | None) -> list:
+    # One criterion per concrete class rather than one lambda on the mixin: the
+    # owning column differs (Tenant is owned through its own id), and the criteria
+    # also reach eager and lazy loads of related rows.
+    return [
         with_loader_criteria(
-            TenantIsolated,
-            lambda cls: getattr(cls, cls.__tenant_column__) == tenant_id,
-            include_aliases=True,
+            cls, getattr(cls, cls.__tenant_column__) == tenant_id, include_aliases=True
         )
-    )
+        for cls in _isolated_classes()
+    ]
 
 
 def _owner_id(obj: TenantIsolated) -> int | None:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from babel.numbers import list_currencies
 from email_validator import EmailNotValidError, validate_email
+from flask import current_app
 from flask_appbuilder.security.sqla.models import Role
 from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
@@ -179,8 +180,14 @@ def _hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _hash_password(password: str) -> str:
+    return generate_password_hash(
+        password, method=current_app.config.get("FAB_PASSWORD_HASH_METHOD", "scrypt")
+    )
+
+
 def _unusable_password() -> str:
-    return generate_password_hash(secrets.token_urlsafe(32))
+    return _hash_password(secrets.token_urlsafe(32))
 
 
 def invite_user(
@@ -188,7 +195,7 @@ def invite_user(
     tenant: Tenant | None,
     data: dict[str, Any],
     *,
-    ttl_hours: int = 72,
+    ttl_hours: int | None = None,
 ) -> tuple[BillfoldUser, str]:
     """Invite a user into ``tenant`` (or, with no tenant, a Platform Admin).
 
@@ -207,6 +214,7 @@ def invite_user(
         }
     )
     username = (data.get("username") or clean["email"]).strip()
+    ttl_hours = ttl_hours or int(current_app.config.get("INVITATION_TTL_HOURS", 72))
     with unscoped():
         taken = db.session.scalar(
             select(func.count(BillfoldUser.id)).where(
@@ -280,7 +288,7 @@ def accept_invitation(token: str, password: str) -> BillfoldUser:
             {"password": f"use at least {MIN_PASSWORD_LENGTH} characters"}
         )
     with unscoped():
-        user.password = generate_password_hash(password)
+        user.password = _hash_password(password)
         user.invitation_token_hash = None
         user.invitation_expires_at = None
         audit.record("user.accept_invitation", user, Actor.for_user(user),

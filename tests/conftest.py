@@ -1,0 +1,156 @@
+"""Test fixtures. Every database test runs on SQLite and, when
+``BILLFOLD_TEST_DATABASE_URL`` is set, on PostgreSQL as well."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+from flask_migrate import upgrade
+from sqlalchemy import delete
+
+from portal import create_app
+from portal.extensions import db
+from tenants.scoping import unscoped
+
+PG_URL = os.environ.get("BILLFOLD_TEST_DATABASE_URL")
+DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
+PASSWORD = "correct-horse-battery"
+
+# Tables that hold the roles and permissions synced once per session.
+SECURITY_TABLES = {"ab_permission", "ab_view_menu", "ab_permission_view", "ab_role",
+                   "ab_permission_view_role", "alembic_version"}
+
+
+def database_url(kind: str, tmp_path_factory) -> str:
+    if kind == "sqlite":
+        return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "billfold-test.db")
+    return PG_URL
+
+
+def config_for(url: str, **extra) -> dict:
+    return {
+        "TESTING": True,
+        "DATABASE_URL": url,
+        "WTF_CSRF_ENABLED": False,
+        "RATELIMIT_ENABLED": False,
+        "FAB_PASSWORD_HASH_METHOD": "pbkdf2:sha256:1000",
+        "SERVER_NAME": "billfold.test",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def db_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def app(db_kind, tmp_path_factory):
+    from permissions.sync import sync_roles
+
+    app = create_app(config_for(database_url(db_kind, tmp_path_factory)))
+    with app.app_context():
+        if db_kind == "postgresql":
+            # A previous run may have left the schema behind: start from nothing.
+            from flask_migrate import downgrade
+
+            downgrade(revision="base")
+        upgrade()
+        sync_roles(app.appbuilder)
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _clean_tables(request):
+    """Empty every business table after a test that used the database."""
+    yield
+    if "app" not in request.fixturenames:
+        return
+    app = request.getfixturevalue("app")
+    with app.app_context(), unscoped():
+        db.session.rollback()
+        for table in reversed(db.metadata.sorted_tables):
+            if table.name not in SECURITY_TABLES:
+                db.session.execute(delete(table))
+        db.session.commit()
+        db.session.remove()
+
+
+@pytest.fixture
+def ctx(app):
+    """An application context in the all-tenants scope, for arranging data."""
+    with app.app_context(), unscoped():
+        yield
+        db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class Browser:
+    """A logged-in test client."""
+
+    def __init__(self, app, username: str, password: str = PASSWORD):
+        self.app = app
+        self.client = app.test_client()
+        self.username = username
+        response = self.client.post("/login/", data={"username": username, "password": password})
+        self.logged_in = response.status_code == 302 and "/login" not in response.headers.get(
+            "Location", ""
+        )
+
+    def get(self, url, **kw):
+        return self.client.get(url, **kw)
+
+    def post(self, url, **kw):
+        return self.client.post(url, **kw)
+
+
+@pytest.fixture
+def login(app):
+    def _login(username: str, password: str = PASSWORD) -> Browser:
+        browser = Browser(app, username, password)
+        assert browser.logged_in, f"{username} could not log in"
+        return browser
+
+    return _login
+
+
+def page_text(response) -> str:
+    html = response.get_data(as_text=True)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+class World:
+    """Two tenants, each with a Tenant Admin and a Billing Contact, and a Platform Admin."""
+
+    def __init__(self):
+        from tests.factories import TenantFactory, billing_contact, platform_admin, tenant_admin
+
+        self.a = TenantFactory(slug="alpha", name="Alpha Ltd")
+        self.b = TenantFactory(slug="bravo", name="Bravo GmbH", currency="EUR",
+                               timezone="Europe/Berlin")
+        self.a_admin = tenant_admin(self.a, "alpha-admin")
+        self.a_billing = billing_contact(self.a, "alpha-billing")
+        self.b_admin = tenant_admin(self.b, "bravo-admin")
+        self.b_billing = billing_contact(self.b, "bravo-billing")
+        self.platform = platform_admin("operator")
+        self.ids = {
+            name: getattr(self, name).id
+            for name in ("a", "b", "a_admin", "a_billing", "b_admin", "b_billing", "platform")
+        }
+
+
+@pytest.fixture
+def world(app):
+    with app.app_context(), unscoped():
+        w = World()
+        db.session.remove()
+    return w

@@ -1,0 +1,216 @@
+"""Tenant isolation: the ORM layer, and every route of the app tried with another
+tenant's ids. The route list comes from ``app.url_map``, so a new view is covered
+without editing this file."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from sqlalchemy import select, text, update
+
+from portal.audit import AuditEvent
+from portal.extensions import db
+from tenants.models import BillfoldUser, Tenant
+from tenants.scoping import (
+    TenantIsolated,
+    TenantScopeError,
+    no_scope,
+    tenant_scope,
+    unscoped,
+)
+from tests.conftest import page_text
+
+# URL arguments that do not name a stored object.
+NON_OBJECT_ARGS = {"filename", "locale", "token", "name", "path"}
+B_MARKERS = ("Bravo GmbH", "bravo-admin", "bravo-billing", "billing@bravo.example")
+
+
+def _views_by_endpoint_prefix(app):
+    return {type(v).__name__: v for v in app.appbuilder.baseviews}
+
+
+def _owner_filter(model, tenant_id):
+    return getattr(model, model.__tenant_column__) == tenant_id
+
+
+def object_rules(app):
+    """Rules that take an object id, with the view's model."""
+    views = _views_by_endpoint_prefix(app)
+    found = []
+    for rule in app.url_map.iter_rules():
+        args = set(rule.arguments)
+        object_args = args - NON_OBJECT_ARGS
+        if not object_args:
+            continue
+        assert object_args == {"pk"}, f"{rule.rule}: teach the probe to fill {object_args}"
+        view = views.get(rule.endpoint.split(".")[0])
+        model = getattr(getattr(view, "datamodel", None), "obj", None)
+        found.append((rule, view, model))
+    return found
+
+
+def _fill(rule, view, pk):
+    url = rule.rule.replace("<pk>", str(pk))
+    if "<string:name>" in url:
+        action = next(iter(view.actions), "none") if view.actions else "none"
+        url = url.replace("<string:name>", action)
+    return re.sub(r"<[^>]+>", "x", url)
+
+
+def _ids_of(app, model, tenant_id):
+    with app.app_context(), unscoped():
+        return db.session.scalars(
+            select(model.id).where(_owner_filter(model, tenant_id)).order_by(model.id)
+        ).all()
+
+
+@pytest.mark.parametrize("who", ["alpha-admin", "alpha-billing"])
+def test_every_object_route_answers_404_for_another_tenants_ids(app, world, login, who):
+    user = login(who)
+    attempts = leaks = 0
+    failures = []
+    for rule, view, model in object_rules(app):
+        if model is None or not issubclass(model, TenantIsolated):
+            continue
+        theirs = _ids_of(app, model, world.ids["b"])
+        ours = _ids_of(app, model, world.ids["a"])
+        assert theirs and ours, f"no {model.__name__} rows to probe {rule.rule}"
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            own = getattr(user.client, method.lower())(_fill(rule, view, ours[0]))
+            for pk in theirs:
+                attempts += 1
+                response = getattr(user.client, method.lower())(_fill(rule, view, pk))
+                body = page_text(response)
+                refused = response.status_code == 404 or (
+                    response.status_code == 403 and own.status_code == 403
+                )
+                if not refused or any(m in body for m in B_MARKERS):
+                    leaks += 1
+                    failures.append(f"{method} {rule.rule} pk={pk} -> {response.status_code}")
+    assert attempts > 0
+    assert leaks == 0, failures
+
+
+def test_another_tenants_rows_are_unchanged_after_the_probe(app, world, login):
+    user = login("alpha-admin")
+    b_user = world.ids["b_billing"]
+    user.post(f"/team/edit/{b_user}", data={"first_name": "Hacked", "last_name": "X",
+                                            "role": "Tenant Admin", "active": "n"})
+    user.post("/team/action_post", data={"action": "none", "rowid": [b_user]})
+    with app.app_context(), unscoped():
+        row = db.session.get(BillfoldUser, b_user)
+        assert row.first_name == "Test" and row.active
+
+
+def test_list_views_and_filters_never_show_another_tenant(world, login):
+    admin = login("alpha-admin")
+    team = page_text(admin.get("/team/list/"))
+    assert "alpha-billing@example.com" in team
+    assert not any(m in team for m in B_MARKERS)
+    by_param = page_text(admin.get(f"/team/list/?_flt_0_tenant={world.ids['b']}"))
+    assert not any(m in by_param for m in B_MARKERS)
+    audit = page_text(admin.get("/audit/list/"))
+    assert "Alpha Ltd" in audit
+    assert not any(m in audit for m in B_MARKERS)
+
+
+def test_related_field_dropdown_lists_only_own_tenant(world, login):
+    """The audit log's search form offers a Tenant dropdown built by FAB from the
+    relationship; the ORM scope must narrow it."""
+    html = login("alpha-admin").get("/audit/list/").get_data(as_text=True)
+    # FAB embeds the filter widgets in a JSON blob with escaped angle brackets.
+    html = html.replace("\\u003c", "<").replace("\\u003e", ">").replace('\\"', '"')
+    options = re.findall(r"<option[^>]*>([^<]*)</option>", html)
+    assert "Alpha Ltd" in options
+    assert "Bravo GmbH" not in options
+
+
+def test_invite_form_cannot_place_a_user_in_another_tenant(app, world, login):
+    admin = login("alpha-admin")
+    admin.post("/team/add", data={"email": "new@alpha.example", "first_name": "New",
+                                  "last_name": "Person", "role": "Billing Contact",
+                                  "tenant": world.ids["b"], "tenant_id": world.ids["b"]})
+    with app.app_context(), unscoped():
+        user = db.session.scalar(select(BillfoldUser).where(
+            BillfoldUser.email == "new@alpha.example"))
+        assert user.tenant_id == world.ids["a"]
+
+
+# -- the ORM layer ---------------------------------------------------------------
+
+def test_query_with_no_scope_raises(app, world):
+    with app.app_context(), no_scope():
+        with pytest.raises(TenantScopeError):
+            db.session.scalars(select(Tenant)).all()
+        with pytest.raises(TenantScopeError):
+            db.session.scalars(select(AuditEvent)).all()
+        with pytest.raises(TenantScopeError):
+            db.session.execute(update(AuditEvent).values(action="x"))
+
+
+def test_tenant_scope_filters_select_update_and_delete(app, world):
+    with app.app_context():
+        with tenant_scope(world.ids["a"]):
+            tenants = db.session.scalars(select(Tenant)).all()
+            assert [t.slug for t in tenants] == ["alpha"]
+            users = db.session.scalars(select(BillfoldUser)).all()
+            assert {u.tenant_id for u in users} == {world.ids["a"]}
+            assert db.session.get(BillfoldUser, world.ids["b_admin"]) is None
+            result = db.session.execute(update(AuditEvent).values(request_id="scoped"))
+            db.session.commit()
+        with unscoped():
+            touched = db.session.scalars(
+                select(AuditEvent.tenant_id).where(AuditEvent.request_id == "scoped")
+            ).all()
+        assert result.rowcount == len(touched) > 0
+        assert set(touched) == {world.ids["a"]}
+
+
+def test_unscoped_sees_every_tenant(app, world):
+    with app.app_context(), unscoped():
+        assert {t.slug for t in db.session.scalars(select(Tenant))} == {"alpha", "bravo"}
+
+
+def test_before_flush_stamps_new_rows_with_the_scope_tenant(app, world):
+    with app.app_context(), tenant_scope(world.ids["a"]):
+        event = AuditEvent(actor_kind="system", actor_label="t", action="probe",
+                           object_type="-")
+        db.session.add(event)
+        db.session.commit()
+        assert event.tenant_id == world.ids["a"]
+
+
+def test_before_flush_refuses_a_row_of_another_tenant(app, world):
+    with app.app_context(), tenant_scope(world.ids["a"]):
+        db.session.add(AuditEvent(tenant_id=world.ids["b"], actor_kind="system",
+                                  actor_label="t", action="probe", object_type="-"))
+        with pytest.raises(TenantScopeError):
+            db.session.flush()
+        db.session.rollback()
+
+
+def test_tenant_of_a_row_cannot_change(app, world):
+    with app.app_context(), unscoped():
+        user = db.session.get(BillfoldUser, world.ids["a_billing"])
+        user.tenant_id = world.ids["b"]
+        with pytest.raises(TenantScopeError):
+            db.session.flush()
+        db.session.rollback()
+
+
+def test_raw_sql_mapped_to_entities_is_still_checked(app, world):
+    with app.app_context(), tenant_scope(world.ids["a"]):
+        stmt = select(Tenant).from_statement(text("SELECT * FROM tenant ORDER BY id"))
+        with pytest.raises(TenantScopeError):
+            db.session.scalars(stmt).all()
+        db.session.rollback()
+
+
+def test_writes_with_no_scope_are_refused(app, world):
+    with app.app_context(), no_scope():
+        db.session.add(AuditEvent(tenant_id=world.ids["a"], actor_kind="system",
+                                  actor_label="t", action="probe", object_type="-"))
+        with pytest.raises(TenantScopeError):
+            db.session.flush()
+        db.session.rollback()
