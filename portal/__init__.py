@@ -6,10 +6,11 @@ import uuid
 from typing import Any
 
 from flask import Flask, g, request
+from flask_appbuilder import AppBuilder
 from flask_wtf.csrf import CSRFProtect
 
 from portal.config import PROJECT_ROOT, load_config
-from portal.extensions import appbuilder, db, migrate
+from portal.extensions import db, migrate
 
 csrf = CSRFProtect()
 
@@ -59,6 +60,7 @@ def init_appbuilder(app: Flask) -> None:
     from portal.views import AuditLogView
     from tenants.views import InvitationView, PlatformUsersView, TeamView, TenantView
 
+    appbuilder = AppBuilder()
     with app.app_context():
         appbuilder.init_app(app, db.session)
         appbuilder.add_view(TenantView, MENU_TENANTS, icon="fa-building",

@@ -1,11 +1,15 @@
-"""Extensions, created unbound; ``create_app`` binds them."""
+"""Extensions, created unbound; ``create_app`` binds them.
 
-from flask_appbuilder import AppBuilder, Model
+Flask-AppBuilder's ``AppBuilder`` is the exception: it keeps the registered views
+and menu on itself, so one instance cannot serve two apps (tests build one app per
+database). ``create_app`` makes one per app and leaves it at ``app.appbuilder``.
+"""
+
+from flask_appbuilder import Model
 from flask_appbuilder.models.sqla.base import SQLA
 from flask_migrate import Migrate
 
 # Bound to FAB's declarative metadata so that create_all and Alembic see FAB's
 # own tables beside ours.
 db = SQLA(metadata=Model.metadata)
-appbuilder = AppBuilder()
 migrate = Migrate()

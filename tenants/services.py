@@ -14,6 +14,7 @@ from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_appbuilder.security.sqla.models import Role
 from sqlalchemy import func, select
+from sqlalchemy.orm import joinedload
 from werkzeug.security import generate_password_hash
 
 from permissions.matrix import PLATFORM_ADMIN, TENANT_ROLES
@@ -268,7 +269,9 @@ def find_invitation(token: str) -> BillfoldUser:
     """The user invited with ``token``; refuses an unknown, used or expired token."""
     with unscoped():
         user = db.session.scalar(
-            select(BillfoldUser).where(BillfoldUser.invitation_token_hash == _hash_token(token))
+            select(BillfoldUser)
+            .options(joinedload(BillfoldUser.tenant))  # shown on the public page
+            .where(BillfoldUser.invitation_token_hash == _hash_token(token))
         )
     if user is None:
         raise NotFoundError("unknown or used invitation")

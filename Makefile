@@ -1,0 +1,54 @@
+# Billfold: `make run` serves the demo portal, `make test` runs the whole suite.
+# Both build .venv and install what is missing, from a clean clone.
+
+PYTHON ?= python3
+VENV ?= .venv
+PORT ?= 5000
+HOST ?= 127.0.0.1
+BIN := $(VENV)/bin
+FLASK := $(BIN)/flask --app portal
+# What WeasyPrint (invoice and receipt PDFs) and the PDF tests need from Debian.
+APT_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils
+
+.PHONY: run test venv system-deps migrate lint bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	    echo "Installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "Billfold needs these system packages. Run:"; \
+	    echo "  sudo apt-get install -y$$missing"; \
+	    exit 1; \
+	  fi; \
+	fi
+
+migrate: venv
+	$(FLASK) db upgrade
+	$(FLASK) billfold init
+
+run: venv system-deps migrate
+	$(FLASK) billfold demo
+	@echo "Billfold on http://$(HOST):$(PORT)  (demo logins in README.md)"
+	$(FLASK) run --host $(HOST) --port $(PORT)
+
+test: venv system-deps
+	$(BIN)/python -m pytest
+
+lint: venv
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache
