@@ -47,6 +47,9 @@ run: venv system-deps migrate
 test: venv system-deps
 	$(BIN)/python -m pytest
 
+bench: venv
+	$(BIN)/python bench/run_all.py
+
 lint: venv
 	$(BIN)/ruff check .
 

@@ -11,8 +11,7 @@ Each row is an action of the matrix. ``access`` says, per role, what the role ma
 ``grants`` are the Flask-AppBuilder permissions ``(permission, resource)`` that the
 action needs; ``request_grants`` those that a ``request`` cell gets instead. Roles
 are built from the rows by ``role_permissions`` and written to the database by
-``flask billfold sync-roles``. Platform Admin is FAB's admin role and holds every
-permission; its row values document and test what it may do.
+``flask billfold sync-roles``, Platform Admin (FAB's admin role) included.
 """
 
 from __future__ import annotations
@@ -37,6 +36,10 @@ RESOURCE_TENANTS = "Tenant"
 RESOURCE_PLATFORM_USERS = "PlatformUser"
 RESOURCE_TEAM = "TeamMember"
 RESOURCE_AUDIT_LOG = "AuditEvent"
+RESOURCE_USAGE = "Usage"
+RESOURCE_PLAN = "Plan"
+RESOURCE_PLAN_REQUESTS = "PlanRequestQueue"
+RESOURCE_PLAN_CATALOG = "PlanCatalog"
 # FAB's own security views, kept for the Platform Admin.
 RESOURCE_FAB_USERS = "UserDBModelView"
 RESOURCE_FAB_ROLES = "RoleModelView"
@@ -53,6 +56,11 @@ MENU_TENANTS = "Tenants"
 MENU_ALL_USERS = "All users"
 MENU_TEAM = "Team"
 MENU_AUDIT_LOG = "Audit log"
+MENU_BILLING = "Billing"
+MENU_USAGE = "Usage dashboard"
+MENU_PLAN = "Plan and limits"
+MENU_PLAN_CATALOG = "Plan catalog"
+MENU_PLAN_REQUESTS = "Plan requests"
 
 
 def _rw(resource: str) -> tuple[tuple[str, str], ...]:
@@ -94,7 +102,7 @@ MATRIX: tuple[MatrixRow, ...] = (
     MatrixRow(
         "view usage",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "own", BILLING_CONTACT: "own"},
-        pending="usage pages come with metering",
+        grants=((CAN_READ, RESOURCE_USAGE),) + _menus(MENU_BILLING, MENU_USAGE),
     ),
     MatrixRow(
         "view invoices, download PDFs",
@@ -104,7 +112,11 @@ MATRIX: tuple[MatrixRow, ...] = (
     MatrixRow(
         "update plan",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "request", BILLING_CONTACT: "no"},
-        pending="plan pages come with plans and subscriptions",
+        grants=((CAN_READ, RESOURCE_PLAN), ("can_change", RESOURCE_PLAN))
+        + _rw(RESOURCE_PLAN_REQUESTS)
+        + _menus(MENU_BILLING, MENU_PLAN, MENU_PLATFORM, MENU_PLAN_REQUESTS),
+        request_grants=((CAN_READ, RESOURCE_PLAN), ("can_request", RESOURCE_PLAN))
+        + _menus(MENU_BILLING, MENU_PLAN),
     ),
     MatrixRow(
         "manage payment methods",
@@ -131,7 +143,8 @@ MATRIX: tuple[MatrixRow, ...] = (
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "no", BILLING_CONTACT: "no"},
         grants=_rw(RESOURCE_TENANTS)
         + _rw(RESOURCE_PLATFORM_USERS)
-        + _menus(MENU_PLATFORM, MENU_TENANTS, MENU_ALL_USERS),
+        + _rw(RESOURCE_PLAN_CATALOG)
+        + _menus(MENU_PLATFORM, MENU_TENANTS, MENU_ALL_USERS, MENU_PLAN_CATALOG),
     ),
     MatrixRow(
         "platform security (FAB users and roles)",

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from flask_appbuilder import AppBuilder
 
-from permissions.matrix import PLATFORM_ADMIN, PUBLIC, ROLES, TENANT_ROLES, role_permissions
+from permissions.matrix import PUBLIC, ROLES, role_permissions
 
 
 def sync_roles(appbuilder: AppBuilder) -> dict[str, int]:
     """Create every view's permissions, then give each role exactly its matrix rows.
 
-    Platform Admin, FAB's admin role, receives every permission. Tenant roles lose
-    any permission that is not in the matrix, and Public keeps none, so no default
-    role can leak rights to tenant users. Returns the permission count per role.
+    Every role, Platform Admin (FAB's admin role) included, loses any permission
+    that is not in the matrix, and Public keeps none, so no default role can leak
+    rights. Returns the permission count per role.
     """
     sm = appbuilder.sm
     for name in (*ROLES, PUBLIC):
@@ -21,7 +21,7 @@ def sync_roles(appbuilder: AppBuilder) -> dict[str, int]:
     appbuilder.add_permissions(update_perms=True)
     _remove_stale_permissions(appbuilder)
     counts: dict[str, int] = {}
-    for name in TENANT_ROLES:
+    for name in ROLES:
         role = sm.find_role(name)
         wanted, missing = [], []
         for permission, resource in sorted(role_permissions(name)):
@@ -31,12 +31,8 @@ def sync_roles(appbuilder: AppBuilder) -> dict[str, int]:
             raise ValueError(f"the matrix grants {name} permissions no view has: {missing}")
         role.permissions = wanted
         counts[name] = len(wanted)
-    public = sm.find_role(PUBLIC)
-    public.permissions = []
-    admin = sm.find_role(PLATFORM_ADMIN)
-    admin.permissions = sm.session.query(sm.permissionview_model).all()
+    sm.find_role(PUBLIC).permissions = []
     sm.session.commit()
-    counts[PLATFORM_ADMIN] = len(admin.permissions)
     counts[PUBLIC] = 0
     return counts
 

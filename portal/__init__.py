@@ -29,6 +29,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_request_scope(app)
     init_blueprints(app)
     init_errors(app)
+    init_template_filters(app)
     init_cli(app)
     return app
 
@@ -40,7 +41,8 @@ def init_instance_folder(app: Flask) -> None:
 
 
 def init_database(app: Flask) -> None:
-    import portal.audit  # noqa: F401 - register every model on the metadata
+    import plans.models  # noqa: F401 - register every model on the metadata
+    import portal.audit  # noqa: F401
     import tenants.models  # noqa: F401
 
     db.init_app(app)
@@ -53,18 +55,31 @@ def init_appbuilder(app: Flask) -> None:
         MENU_ACCOUNT,
         MENU_ALL_USERS,
         MENU_AUDIT_LOG,
+        MENU_BILLING,
+        MENU_PLAN,
+        MENU_PLAN_CATALOG,
+        MENU_PLAN_REQUESTS,
         MENU_PLATFORM,
         MENU_TEAM,
         MENU_TENANTS,
+        MENU_USAGE,
     )
+    from plans.views import PlanCatalogView, PlanRequestQueueView, PlanView, UsageView
     from portal.views import AuditLogView
     from tenants.views import InvitationView, PlatformUsersView, TeamView, TenantView
 
     appbuilder = AppBuilder()
     with app.app_context():
         appbuilder.init_app(app, db.session)
+        appbuilder.add_view(UsageView, MENU_USAGE, icon="fa-tachometer",
+                            category=MENU_BILLING, category_icon="fa-credit-card")
+        appbuilder.add_view(PlanView, MENU_PLAN, icon="fa-cubes", category=MENU_BILLING)
         appbuilder.add_view(TenantView, MENU_TENANTS, icon="fa-building",
                             category=MENU_PLATFORM, category_icon="fa-server")
+        appbuilder.add_view(PlanCatalogView, MENU_PLAN_CATALOG, icon="fa-list",
+                            category=MENU_PLATFORM)
+        appbuilder.add_view(PlanRequestQueueView, MENU_PLAN_REQUESTS, icon="fa-inbox",
+                            category=MENU_PLATFORM)
         appbuilder.add_view(PlatformUsersView, MENU_ALL_USERS, icon="fa-users",
                             category=MENU_PLATFORM)
         appbuilder.add_view(TeamView, MENU_TEAM, icon="fa-users", category=MENU_ACCOUNT,
@@ -116,6 +131,12 @@ def init_errors(app: Flask) -> None:
     from portal.errors import init_error_handlers
 
     init_error_handlers(app)
+
+
+def init_template_filters(app: Flask) -> None:
+    from portal.formatting import init_filters
+
+    init_filters(app)
 
 
 def init_cli(app: Flask) -> None:

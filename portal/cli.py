@@ -35,14 +35,51 @@ def sync_roles_command() -> None:
         click.echo(f"{role}: {count} permissions")
 
 
+@billfold.command("ingest")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--tenant", "tenant_slug", required=True,
+              help="Slug of the tenant the events belong to")
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv"]), default="auto",
+              show_default=True)
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10_000))
+@with_appcontext
+def ingest_command(path, tenant_slug, fmt, batch_size) -> None:
+    """Ingest usage events from a JSON-lines or CSV file.
+
+    Each batch of --batch-size rows is all or nothing: a batch with an invalid row is
+    rejected whole and its errors are listed with their line numbers. Exit status 1
+    when any row was rejected.
+    """
+    from plans.ingest_file import ingest_file
+    from tenants import services
+
+    try:
+        tenant = services.get_tenant_by_slug(tenant_slug)
+    except NotFoundError as exc:
+        fail(str(exc))
+    report = ingest_file(tenant, path, fmt=fmt, batch_size=batch_size)
+    for line in report.error_lines(limit=50):
+        click.echo(line, err=True)
+    click.echo(f"accepted {report.accepted}, duplicates {report.duplicates}, "
+               f"rejected {report.rejected}")
+    if report.rejected:
+        sys.exit(1)
+
+
 @billfold.command("init")
 @with_appcontext
 def init_command() -> None:
     """Prepare a migrated database: sync roles and permissions."""
     from permissions.sync import sync_roles
+    from plans.services import ensure_default_catalog
+    from tenants.scoping import unscoped
 
     sync_roles(current_app.appbuilder)
+    with unscoped():
+        made = ensure_default_catalog()
     click.echo("Roles and permissions are in place.")
+    if made:
+        click.echo(f"Created the default plans: {', '.join(made)}.")
 
 
 @billfold.command("create-tenant")

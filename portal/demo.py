@@ -3,9 +3,17 @@ only what is missing. The password is for demonstrations only."""
 
 from __future__ import annotations
 
+import datetime as dt
+import random
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
 from sqlalchemy import select
 
 from permissions.matrix import BILLING_CONTACT, PLATFORM_ADMIN, TENANT_ADMIN
+from plans import services as plan_services
+from plans.metering import ingest_events
+from plans.periods import today_in
 from portal.audit import Actor
 from portal.extensions import db
 from tenants import services
@@ -24,6 +32,33 @@ DEMO_TENANTS = (
      "billing_email": "finance@initech.example"},
 )
 
+# Per tenant: plan code, negotiated price, end users, and the daily volume per end user
+# of each metric on a weekday at the end of the six months (growth leads up to it).
+DEMO_USAGE = {
+    "acme": {"plan": "professional", "custom_price_minor": None,
+             "users": ["u-ana", "u-ben", "u-chen", "u-dana", "u-eli", "u-fay"],
+             "daily": {"llm_tokens": 26_000, "sql_queries": 520, "api_requests": 4_200,
+                       "compute_hours": 30},
+             "storage_gb": 62},
+    "globex": {"plan": "enterprise", "custom_price_minor": 400_000,
+               "users": [f"gx-{n:02d}" for n in range(1, 11)],
+               "daily": {"llm_tokens": 90_000, "sql_queries": 1_800, "api_requests": 12_000,
+                         "compute_hours": 55},
+               "storage_gb": 740},
+    # Initech outgrows Starter: its tokens pass the plan's limit this month.
+    "initech": {"plan": "starter", "custom_price_minor": None,
+                "users": ["it-milton", "it-peter", "it-samir", "it-joanna"],
+                "daily": {"llm_tokens": 6_500, "sql_queries": 95, "api_requests": 800,
+                          "compute_hours": 6},
+                "storage_gb": 9},
+}
+DEMO_MONTHS = 6
+
+
+def _months_before(day: dt.date, months: int) -> dt.date:
+    index = day.year * 12 + day.month - 1 - months
+    return dt.date(index // 12, index % 12 + 1, 1)
+
 
 def _ensure_user(username: str, tenant: Tenant | None, role: str, first: str, last: str,
                  email: str, lines: list[str]) -> None:
@@ -38,10 +73,86 @@ def _ensure_user(username: str, tenant: Tenant | None, role: str, first: str, la
     lines.append(f"user {username} ({role}{', ' + tenant.slug if tenant else ''})")
 
 
+def _demo_plans(tenant: Tenant, spec: dict, start: dt.date, lines: list[str]) -> None:
+    """Six months on the plan, Acme upgraded from Starter half way, Initech asking
+    for more."""
+    if plan_services.current_subscription(tenant) is not None:
+        return
+    plans = {p.code: p for p in plan_services.list_plans()}
+    first = plans["starter"] if tenant.slug == "acme" else plans[spec["plan"]]
+    plan_services.subscribe(DEMO_ACTOR, tenant, first, starts_on=start,
+                            custom_base_price_minor=spec["custom_price_minor"])
+    if tenant.slug == "acme":
+        plan_services.change_plan(DEMO_ACTOR, tenant, plans["professional"], "immediately",
+                                  today=start + dt.timedelta(days=92))
+    if tenant.slug == "initech":
+        plan_services.request_plan_change(
+            Actor("user", None, "initech-admin"), tenant, plans["professional"], "period_end",
+            "Our token use has passed the Starter limit two months running.")
+    lines.append(f"plan {spec['plan']} for {tenant.slug}")
+
+
+def _demo_events(tenant: Tenant, spec: dict, start: dt.date, end: dt.date):
+    """Deterministic events: weekday/weekend rhythm, steady growth, several users."""
+    rng = random.Random(f"billfold-demo-{tenant.slug}")
+    zone = ZoneInfo(tenant.timezone)
+    total_days = (end - start).days
+    now = dt.datetime.now(dt.UTC)
+    day = start
+    while day < end:
+        growth = 0.55 + 0.45 * (day - start).days / max(1, total_days)
+        weekday = day.weekday() < 5
+        rhythm = 1.0 if weekday else 0.35
+        for user in spec["users"]:
+            for metric, volume in spec["daily"].items():
+                pieces = 3 if metric in ("llm_tokens", "api_requests") else 1
+                for piece in range(pieces):
+                    amount = volume * growth * rhythm * rng.uniform(0.6, 1.4) / pieces
+                    if metric == "compute_hours":  # minutes
+                        amount = round(amount)
+                        service = "ml_service" if user.endswith(("a", "0")) else "ai_service"
+                    else:
+                        amount = round(amount)
+                        service = None
+                    hour = rng.randint(8, 18) if weekday else rng.randint(10, 16)
+                    moment = dt.datetime.combine(day, dt.time(hour, rng.randint(0, 59)), zone)
+                    if moment > now:
+                        continue
+                    event = {"id": f"demo-{day:%Y%m%d}-{user}-{metric}-{piece}",
+                             "metric": metric, "quantity": int(amount),
+                             "timestamp": moment.astimezone(dt.UTC), "user": user}
+                    if service:
+                        event["service"] = service
+                    yield event
+        storage = spec["storage_gb"] * growth * rng.uniform(0.97, 1.03)
+        moment = min(dt.datetime.combine(day, dt.time(23, 0), zone), now)
+        yield {"id": f"demo-{day:%Y%m%d}-storage", "metric": "storage_gb",
+               "quantity": Decimal(str(round(storage, 2))), "timestamp": moment.astimezone(dt.UTC)}
+        day += dt.timedelta(days=1)
+
+
+def _demo_usage(tenant: Tenant, spec: dict, start: dt.date, lines: list[str]) -> None:
+    today = today_in(tenant.timezone)
+    accepted = duplicates = 0
+    batch: list[dict] = []
+    for event in _demo_events(tenant, spec, start, today + dt.timedelta(days=1)):
+        batch.append(event)
+        if len(batch) == 5000:
+            result = ingest_events(tenant, batch)
+            accepted, duplicates = accepted + result.accepted, duplicates + result.duplicates
+            batch = []
+    if batch:
+        result = ingest_events(tenant, batch)
+        accepted, duplicates = accepted + result.accepted, duplicates + result.duplicates
+    if accepted:
+        lines.append(f"usage for {tenant.slug}: {accepted} events ({duplicates} already there)")
+
+
 def load_demo() -> list[str]:
     """Create what is missing of the demo; returns a line per object created."""
     lines: list[str] = []
     with unscoped():
+        plan_services.ensure_default_catalog()
         _ensure_user("platform", None, PLATFORM_ADMIN, "Pat", "Operator",
                      "platform@billfold.example", lines)
         for spec in DEMO_TENANTS:
@@ -54,4 +165,8 @@ def load_demo() -> list[str]:
                          f"{tenant.name} Admin", f"admin@{domain}", lines)
             _ensure_user(f"{tenant.slug}-billing", tenant, BILLING_CONTACT, "Bailey",
                          f"{tenant.name} Billing", f"billing-contact@{domain}", lines)
+            spec_usage = DEMO_USAGE[tenant.slug]
+            start = _months_before(today_in(tenant.timezone), DEMO_MONTHS)
+            _demo_plans(tenant, spec_usage, start, lines)
+            _demo_usage(tenant, spec_usage, start, lines)
     return lines or ["demo data already present"]

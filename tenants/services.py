@@ -225,6 +225,10 @@ def invite_user(
         )
         if taken:
             raise ValidationFailed({"email": "a user with this email or username exists"})
+        if tenant is not None:
+            from plans.services import check_seat_available  # plans build on tenants
+
+            check_seat_available(tenant)
         token = secrets.token_urlsafe(32)
         user = BillfoldUser(
             username=username,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 
@@ -132,7 +133,13 @@ class World:
     """Two tenants, each with a Tenant Admin and a Billing Contact, and a Platform Admin."""
 
     def __init__(self):
-        from tests.factories import TenantFactory, billing_contact, platform_admin, tenant_admin
+        from tests.factories import (
+            ACTOR,
+            TenantFactory,
+            billing_contact,
+            platform_admin,
+            tenant_admin,
+        )
 
         self.a = TenantFactory(slug="alpha", name="Alpha Ltd")
         self.b = TenantFactory(slug="bravo", name="Bravo GmbH", currency="EUR",
@@ -142,9 +149,22 @@ class World:
         self.b_admin = tenant_admin(self.b, "bravo-admin")
         self.b_billing = billing_contact(self.b, "bravo-billing")
         self.platform = platform_admin("operator")
+        from plans import services as plan_services
+
+        plan_services.ensure_default_catalog()
+        plans = {p.code: p for p in plan_services.list_plans()}
+        start = dt.date.today().replace(day=1) - dt.timedelta(days=40)
+        self.a_sub = plan_services.subscribe(ACTOR, self.a, plans["professional"],
+                                             starts_on=start)
+        self.b_sub = plan_services.subscribe(ACTOR, self.b, plans["starter"], starts_on=start)
+        self.a_request = plan_services.request_plan_change(
+            ACTOR, self.a, plans["enterprise"], "period_end", "we need a contract")
+        self.b_request = plan_services.request_plan_change(
+            ACTOR, self.b, plans["professional"], "period_end", "we need more tokens")
         self.ids = {
             name: getattr(self, name).id
-            for name in ("a", "b", "a_admin", "a_billing", "b_admin", "b_billing", "platform")
+            for name in ("a", "b", "a_admin", "a_billing", "b_admin", "b_billing", "platform",
+                         "a_sub", "b_sub", "a_request", "b_request")
         }
 
 

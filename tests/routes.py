@@ -21,7 +21,7 @@ class ViewRoute:
     @property
     def model(self):
         datamodel = getattr(self.view, "datamodel", None)
-        return getattr(datamodel, "obj", None)
+        return getattr(datamodel, "obj", None) or getattr(self.view, "object_model", None)
 
 
 def view_routes(app) -> list[ViewRoute]:

@@ -45,7 +45,8 @@ def object_rules(app):
             continue
         assert object_args == {"pk"}, f"{rule.rule}: teach the probe to fill {object_args}"
         view = views.get(rule.endpoint.split(".")[0])
-        model = getattr(getattr(view, "datamodel", None), "obj", None)
+        model = (getattr(getattr(view, "datamodel", None), "obj", None)
+                 or getattr(view, "object_model", None))
         found.append((rule, view, model))
     return found
 

@@ -18,6 +18,7 @@ from permissions.matrix import (
     TENANT_ROLES,
     all_matrix_resources,
     role_permissions,
+    row_grants,
 )
 from portal.extensions import db
 from tenants.scoping import tenant_scope, unscoped
@@ -34,24 +35,30 @@ def _scope_of(world, role):
     return unscoped() if role == PLATFORM_ADMIN else tenant_scope(world.ids["a"])
 
 
-def probe_urls(app, world, row, role) -> list[str]:
-    """GET URLs of the pages the row grants, with ids of rows the role's user can see."""
-    urls = []
-    for permission, resource in row.grants:
+def probes(app, world, grants, role) -> list[tuple[str, str]]:
+    """(method, URL) of the routes behind ``grants``: GET pages, with ids of rows the
+    role's user can see, and POST-only routes without ids, posted empty (an empty
+    form never writes)."""
+    found = []
+    for permission, resource in grants:
         for route in routes_for(app, permission, resource):
-            if route.method_name not in PROBED_METHODS or "GET" not in route.http_methods:
-                continue
             args = re.findall(r"<(?:\w+:)?(\w+)>", route.rule)
+            if "GET" not in route.http_methods:
+                if not args:
+                    found.append(("POST", route.rule))
+                continue
+            if route.method_name not in PROBED_METHODS:
+                continue
             if not args:
-                urls.append(route.rule)
+                found.append(("GET", route.rule))
                 continue
             if args != ["pk"] or route.model is None:
                 continue
             with app.app_context(), _scope_of(world, role):
                 pk = db.session.scalar(select(route.model.id).order_by(route.model.id).limit(1))
             assert pk is not None, f"no {route.model.__name__} to probe {route.rule}"
-            urls.append(re.sub(r"<(?:\w+:)?pk>", str(pk), route.rule))
-    return urls
+            found.append(("GET", re.sub(r"<(?:\w+:)?pk>", str(pk), route.rule)))
+    return found
 
 
 @pytest.mark.parametrize(
@@ -65,15 +72,19 @@ def test_matrix_cell(app, world, login, row, role):
         assert row.pending
         return
     user = login(getattr(world, USER_OF_ROLE[role]).username)
-    allowed = level in GRANTING_LEVELS
-    urls = probe_urls(app, world, row, role)
-    assert urls, f"row {row.action!r} grants no page that can be probed"
-    for url in urls:
-        status = user.get(url).status_code
-        if allowed:
-            assert status == 200, f"{role} refused {url} ({status}) although {level!r}"
-        else:
-            assert status == 403, f"{role} reached {url} ({status}) although {level!r}"
+    given = set(row_grants(row, role))
+    allowed = probes(app, world, sorted(given), role)
+    refused = [p for p in probes(app, world, sorted(set(row.grants + row.request_grants) - given),
+                                 role) if p not in allowed]
+    assert allowed or refused, f"row {row.action!r} grants no page that can be probed"
+    assert bool(allowed) == (level in GRANTING_LEVELS | {"request"})
+    for method, url in allowed:
+        status = user.client.open(url, method=method).status_code
+        expected_ok = status == 200 if method == "GET" else status != 403
+        assert expected_ok, f"{role} refused {method} {url} ({status}) although {level!r}"
+    for method, url in refused:
+        status = user.client.open(url, method=method).status_code
+        assert status == 403, f"{role} reached {method} {url} ({status}) although {level!r}"
 
 
 def test_every_protected_view_is_in_the_matrix(app):
@@ -97,7 +108,7 @@ def test_every_matrix_grant_names_an_existing_permission(app):
 def test_roles_in_database_hold_exactly_the_matrix(app):
     with app.app_context():
         sm = app.appbuilder.sm
-        for role_name in TENANT_ROLES:
+        for role_name in ROLES:
             role = sm.find_role(role_name)
             held = {(p.permission.name, p.view_menu.name) for p in role.permissions}
             assert held == role_permissions(role_name)

@@ -1,0 +1,256 @@
+"""Plan catalog, subscriptions, plan-change requests, usage events and daily rollups."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from flask_appbuilder import Model
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from plans.metrics import METRICS
+from tenants.scoping import TenantScoped
+
+QUANTITY = Numeric(24, 6)
+UNIT_PRICE = Numeric(20, 10)
+METRIC_CHECK = "metric in ({})".format(", ".join(f"'{m}'" for m in METRICS))
+
+
+class Plan(Model):
+    """A tier of the catalog. Its prices and limits live in versions."""
+
+    __tablename__ = "plan"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), nullable=False, unique=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    sort_order: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    custom_priced: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    active: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+
+    versions: Mapped[list[PlanVersion]] = relationship(
+        back_populates="plan", order_by="PlanVersion.version"
+    )
+
+    @property
+    def current_version(self) -> PlanVersion | None:
+        return self.versions[-1] if self.versions else None
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class PlanVersion(Model):
+    """Prices and limits of a plan at one time. A version that an issued invoice
+    used is locked: editing the plan then makes a new version."""
+
+    __tablename__ = "plan_version"
+    __table_args__ = (UniqueConstraint("plan_id", "version", name="uq_plan_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("plan.id"), nullable=False)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False, default="USD")
+    # Monthly base fee in minor units; NULL for custom-priced plans (set per tenant).
+    base_price_minor: Mapped[int | None] = mapped_column(BigInteger)
+    user_limit: Mapped[int | None] = mapped_column(Integer)  # NULL: unlimited
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    locked_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    plan: Mapped[Plan] = relationship(back_populates="versions")
+    prices: Mapped[list[PlanMetricPrice]] = relationship(
+        back_populates="plan_version", order_by="PlanMetricPrice.id",
+        cascade="all, delete-orphan",
+    )
+
+    def price_for(self, metric: str) -> PlanMetricPrice | None:
+        return next((p for p in self.prices if p.metric == metric), None)
+
+    @property
+    def label(self) -> str:
+        return f"{self.plan.name} v{self.version}"
+
+    def __repr__(self) -> str:
+        return self.label
+
+
+class PlanMetricPrice(Model):
+    """What a plan version includes of one metric, and its overage unit price."""
+
+    __tablename__ = "plan_metric_price"
+    __table_args__ = (
+        UniqueConstraint("plan_version_id", "metric", name="uq_plan_metric_price"),
+        CheckConstraint(METRIC_CHECK, name="ck_plan_metric_price_metric"),
+        CheckConstraint("unit_price >= 0", name="ck_plan_metric_price_unit_price"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_version_id: Mapped[int] = mapped_column(
+        ForeignKey("plan_version.id", ondelete="CASCADE"), nullable=False
+    )
+    metric: Mapped[str] = mapped_column(String(32), nullable=False)
+    # Included per period, in billing units; NULL: unlimited.
+    included: Mapped[Decimal | None] = mapped_column(QUANTITY)
+    # Price of one billing unit beyond the included amount, in major units.
+    unit_price: Mapped[Decimal] = mapped_column(UNIT_PRICE, nullable=False, default=0)
+
+    plan_version: Mapped[PlanVersion] = relationship(back_populates="prices")
+
+
+class Subscription(TenantScoped, Model):
+    """A tenant on one plan version from ``starts_on`` until ``ends_on`` (exclusive).
+    A plan change closes the open row and opens another, so the rows are the history."""
+
+    __tablename__ = "subscription"
+    __table_args__ = (
+        Index("uq_subscription_open", "tenant_id", unique=True,
+              sqlite_where=text("ends_on IS NULL"), postgresql_where=text("ends_on IS NULL")),
+        CheckConstraint("ends_on IS NULL OR ends_on > starts_on", name="ck_subscription_dates"),
+        CheckConstraint("anchor_day BETWEEN 1 AND 28", name="ck_subscription_anchor"),
+        UniqueConstraint("tenant_id", "id", name="uq_subscription_tenant_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_version_id: Mapped[int] = mapped_column(ForeignKey("plan_version.id"), nullable=False)
+    starts_on: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    ends_on: Mapped[dt.date | None] = mapped_column(Date)
+    anchor_day: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    # The negotiated monthly fee of a custom-priced plan, in minor units.
+    custom_base_price_minor: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    created_by: Mapped[str] = mapped_column(String(256), nullable=False, default="system")
+
+    plan_version: Mapped[PlanVersion] = relationship()
+    tenant = relationship("Tenant")
+
+    @property
+    def base_price_minor(self) -> int:
+        if self.custom_base_price_minor is not None:
+            return self.custom_base_price_minor
+        return self.plan_version.base_price_minor or 0
+
+
+class PlanChangeRequest(TenantScoped, Model):
+    """A Tenant Admin's request to move to another plan; a Platform Admin decides."""
+
+    __tablename__ = "plan_change_request"
+    __table_args__ = (
+        CheckConstraint("status in ('pending', 'approved', 'declined', 'cancelled')",
+                        name="ck_plan_change_request_status"),
+        CheckConstraint("timing in ('immediately', 'period_end')",
+                        name="ck_plan_change_request_timing"),
+        Index("uq_plan_change_request_pending", "tenant_id", unique=True,
+              sqlite_where=text("status = 'pending'"),
+              postgresql_where=text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    requested_plan_id: Mapped[int] = mapped_column(ForeignKey("plan.id"), nullable=False)
+    from_plan_version_id: Mapped[int | None] = mapped_column(ForeignKey("plan_version.id"))
+    timing: Mapped[str] = mapped_column(String(16), nullable=False, default="period_end")
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    requested_by: Mapped[str] = mapped_column(String(256), nullable=False)
+    requested_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    decided_by: Mapped[str | None] = mapped_column(String(256))
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    decision_note: Mapped[str | None] = mapped_column(Text)
+
+    requested_plan: Mapped[Plan] = relationship()
+    from_plan_version: Mapped[PlanVersion | None] = relationship()
+    tenant = relationship("Tenant")
+
+
+class UsageEvent(TenantScoped, Model):
+    """A raw usage event, kept as the audit trail of every rollup."""
+
+    __tablename__ = "usage_event"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "event_id", name="uq_usage_event_idempotency"),
+        CheckConstraint(METRIC_CHECK, name="ck_usage_event_metric"),
+        CheckConstraint("quantity_micro >= 0", name="ck_usage_event_quantity"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    event_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    metric: Mapped[str] = mapped_column(String(32), nullable=False)
+    # Millionths of the event unit: exact integer arithmetic on every database
+    # (SQLite has no decimal type and would sum in binary floating point).
+    quantity_micro: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    day: Mapped[dt.date] = mapped_column(Date, nullable=False)  # in the tenant's time zone
+    service: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_ref: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    properties: Mapped[str | None] = mapped_column(Text)  # JSON
+    ingested_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    @property
+    def quantity(self) -> Decimal:
+        return from_micro(self.quantity_micro)
+
+
+class UsageRollup(TenantScoped, Model):
+    """Usage per tenant, day (tenant time zone), metric, service and end user.
+    ``quantity_micro`` is the sum of the day's events, or for peak metrics their
+    maximum, in millionths of the event unit."""
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "day", "metric", "service", "user_ref",
+                         name="uq_usage_rollup_key"),
+        CheckConstraint(METRIC_CHECK, name="ck_usage_rollup_metric"),
+        Index("ix_usage_rollup_tenant_metric_day", "tenant_id", "metric", "day"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
+    )
+    day: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    metric: Mapped[str] = mapped_column(String(32), nullable=False)
+    service: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_ref: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    quantity_micro: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+    @property
+    def quantity(self) -> Decimal:
+        return from_micro(self.quantity_micro)
+
+
+MICRO = Decimal(1_000_000)
+
+
+def to_micro(quantity: Decimal) -> int:
+    """Exact integer millionths; the caller has checked there are at most 6 decimals."""
+    return int(quantity * MICRO)
+
+
+def from_micro(micro: int) -> Decimal:
+    return Decimal(micro) / MICRO

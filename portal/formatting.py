@@ -1,0 +1,54 @@
+"""Jinja filters: money, quantities and dates formatted with Babel."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_decimal, format_percent
+from flask import Flask
+
+from portal.money import Money
+
+LOCALE = "en_US"
+
+
+def money(value: Money | None) -> str:
+    return "—" if value is None else value.format(LOCALE)
+
+
+def minor(value: int | None, currency: str) -> str:
+    return "—" if value is None else Money.from_minor(value, currency).format(LOCALE)
+
+
+def quantity(value: Decimal | int | None, digits: int = 2) -> str:
+    if value is None:
+        return "Unlimited"
+    return format_decimal(value, format=f"#,##0.{'#' * digits}" if digits else "#,##0",
+                          locale=LOCALE)
+
+
+def percentage(value: Decimal | None) -> str:
+    return "—" if value is None else format_percent(value / 100, "#,##0.0%", locale=LOCALE)
+
+
+def local_datetime(value: dt.datetime | None, timezone: str = "UTC") -> str:
+    if value is None:
+        return "—"
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return format_datetime(value.astimezone(ZoneInfo(timezone)), "yyyy-MM-dd HH:mm zzz",
+                           locale=LOCALE)
+
+
+def long_date(value: dt.date | None) -> str:
+    return "—" if value is None else format_date(value, "medium", locale=LOCALE)
+
+
+def init_filters(app: Flask) -> None:
+    for name, func in {"money": money, "minor": minor, "quantity": quantity,
+                       "percentage": percentage, "local_datetime": local_datetime,
+                       "long_date": long_date}.items():
+        app.add_template_filter(func, name)
