@@ -14,6 +14,7 @@ differs from the scope, or whose tenant changes, is refused.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -29,6 +30,8 @@ from sqlalchemy.orm import (
     mapped_column,
     with_loader_criteria,
 )
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.expression import TableClause
 
 
 class TenantScopeError(RuntimeError):
@@ -128,9 +131,34 @@ class TenantScoped(TenantIsolated):
 
 
 def _isolated_mappers(state: ORMExecuteState) -> list[type]:
-    return [
-        m.class_ for m in state.all_mappers if issubclass(m.class_, TenantIsolated)
-    ]
+    """Isolated classes the statement touches: its entities, and also any isolated
+    table inside subqueries, CTEs and joins (a statement that selects from a
+    subquery has no top-level entity, and must not slip past the scope)."""
+    entities = {m.class_ for m in state.all_mappers if issubclass(m.class_, TenantIsolated)}
+    found = set(entities)
+    by_table = _isolated_tables()
+    orm_tables, core_tables = set(), set()
+    for element in visitors.iterate(state.statement):
+        table = element if isinstance(element, TableClause) else getattr(element, "table", None)
+        cls = by_table.get(getattr(table, "name", None)) if table is not None else None
+        if cls is None or not isinstance(table, TableClause):
+            continue
+        found.add(cls)
+        annotations = getattr(element, "_annotations", {})
+        if "parententity" in annotations or "parentmapper" in annotations:
+            orm_tables.add(cls)
+        else:
+            core_tables.add(cls)
+    if core_tables - orm_tables and not _current_scope.get().is_all:
+        # A plain Core table is invisible to with_loader_criteria: refuse it.
+        names = ", ".join(sorted(c.__name__ for c in core_tables - orm_tables))
+        raise TenantScopeError(f"query the {names} entity, not its table, in a tenant scope")
+    return list(found)
+
+
+@functools.cache
+def _isolated_tables() -> dict[str, type]:
+    return {cls.__table__.name: cls for cls in _isolated_classes()}
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -154,7 +182,8 @@ def _apply_tenant_scope(state: ORMExecuteState) -> None:
     state.statement = state.statement.options(*_tenant_criteria(scope.tenant_id))
 
 
-def _isolated_classes() -> list[type]:
+@functools.cache
+def _isolated_classes() -> tuple[type, ...]:
     """Every mapped tenant-isolated class (collected once all models are mapped)."""
     found, stack = [], list(TenantIsolated.__subclasses__())
     while stack:
@@ -162,7 +191,7 @@ def _isolated_classes() -> list[type]:
         stack.extend(cls.__subclasses__())
         if inspect(cls, raiseerr=False) is not None and cls not in found:
             found.append(cls)
-    return found
+    return tuple(found)
 
 
 def _tenant_criteria(tenant_id: int | None) -> list:

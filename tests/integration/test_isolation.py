@@ -215,3 +215,33 @@ def test_writes_with_no_scope_are_refused(app, world):
         with pytest.raises(TenantScopeError):
             db.session.flush()
         db.session.rollback()
+
+
+def test_subqueries_and_ctes_are_scoped_too(app, world):
+    """A statement selecting from a subquery has no top-level entity; the scope must
+    still reach the isolated table inside it."""
+    from sqlalchemy import func
+
+    with app.app_context(), tenant_scope(world.ids["a"]):
+        sub = select(BillfoldUser.id, BillfoldUser.tenant_id).subquery()
+        assert set(db.session.scalars(select(sub.c.tenant_id))) == {world.ids["a"]}
+        cte = select(AuditEvent.tenant_id).cte()
+        assert set(db.session.scalars(select(cte.c.tenant_id))) == {world.ids["a"]}
+        assert db.session.scalar(select(func.count()).select_from(sub)) == 2
+    with app.app_context(), no_scope():
+        with pytest.raises(TenantScopeError):
+            db.session.scalars(select(select(AuditEvent.id).subquery().c.id)).all()
+
+
+def test_core_tables_of_isolated_models_are_refused_in_a_tenant_scope(app, world):
+    """with_loader_criteria cannot see a plain Table: such a query must not run."""
+    from sqlalchemy import func
+
+    table = AuditEvent.__table__
+    with app.app_context(), tenant_scope(world.ids["a"]):
+        with pytest.raises(TenantScopeError):
+            db.session.execute(select(func.count()).select_from(table))
+        with pytest.raises(TenantScopeError):
+            db.session.execute(select(table.c.id))
+    with app.app_context(), unscoped():
+        assert db.session.scalar(select(func.count()).select_from(table)) > 0

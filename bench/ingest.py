@@ -1,0 +1,225 @@
+"""Ingestion through the service in batches of 1,000, against a raw bulk insert.
+
+Target: at least half of the raw rate. For SQLite and for PostgreSQL, each on a fresh
+database, ``ingest_events`` stores N events in batches of 1,000 (validation, the
+event insert, the rollup upserts and one commit per batch). The baseline then writes
+the same rows, column for column, into ``usage_event`` for a second tenant as fast as
+the database takes them: one ``executemany`` of a plain INSERT in one transaction on
+SQLite, ``COPY`` on PostgreSQL. The baseline's rows are prepared before its clock
+starts, so it measures the database's bulk-write ceiling; it writes no rollups.
+
+    python bench/ingest.py [--quick]
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import sys
+import tempfile
+from decimal import Decimal
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import (
+    Measure,
+    Row,
+    Stopwatch,
+    log,
+    migrated_app,
+    new_tenant,
+    parse_args,
+    postgres_database,
+    report,
+)
+
+BENCHMARK = "ingest"
+BATCH = 1_000
+FULL_EVENTS = 100_000
+QUICK_EVENTS = 20_000
+TARGET = 0.5
+
+COLUMNS = ("tenant_id", "event_id", "metric", "quantity_micro", "occurred_at", "day",
+           "service", "user_ref", "properties", "ingested_at")
+USERS = [f"user-{n:02d}" for n in range(1, 21)]
+REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
+MODELS = ("small", "medium", "large")
+# (metric, relative frequency): requests and tokens dominate, storage readings are rare.
+METRIC_MIX = (("api_requests", 40), ("llm_tokens", 30), ("sql_queries", 18),
+              ("compute_hours", 9), ("storage_gb", 3))
+
+
+def generate_events(count: int, seed: int = 7) -> list[dict]:
+    """``count`` valid events as an API client would send them: five metrics, some on
+    a non-default service, about 20 end users, timestamps over the last 30 days
+    (half as RFC 3339 strings, half as aware datetimes), some with properties."""
+    rng = random.Random(seed)
+    metrics = [m for m, _ in METRIC_MIX]
+    weights = [w for _, w in METRIC_MIX]
+    now = dt.datetime.now(dt.UTC)
+    events = []
+    for i in range(count):
+        metric = rng.choices(metrics, weights)[0]
+        if metric == "llm_tokens":
+            quantity: int | str = rng.randint(50, 8_000)
+        elif metric == "sql_queries":
+            quantity = rng.randint(1, 20)
+        elif metric == "api_requests":
+            quantity = rng.randint(1, 100)
+        elif metric == "compute_hours":  # minutes, to the hundredth
+            quantity = str(Decimal(rng.randint(1, 6_000)) / 100)
+        else:  # storage_gb, to the MB
+            quantity = str(Decimal(rng.randint(1_000, 500_000)) / 1000)
+        moment = now - dt.timedelta(seconds=rng.uniform(60, 30 * 86_400))
+        event = {"id": f"evt-{i:09d}-{rng.getrandbits(32):08x}", "metric": metric,
+                 "quantity": quantity,
+                 "timestamp": moment if i % 2 else moment.isoformat().replace("+00:00", "Z")}
+        if metric in ("api_requests", "compute_hours") and rng.random() < 0.15:
+            event["service"] = "ml_service"
+        if rng.random() < 0.9:
+            event["user"] = rng.choice(USERS)
+        if rng.random() < 0.3:
+            event["properties"] = {"region": rng.choice(REGIONS), "model": rng.choice(MODELS)}
+        events.append(event)
+    return events
+
+
+def batches(events: list[dict]):
+    for start in range(0, len(events), BATCH):
+        yield events[start:start + BATCH]
+
+
+def ingest_through_service(tenant, events: list[dict]) -> float:
+    """Seconds to store ``events`` with ``ingest_events``, batch by batch."""
+    from plans.metering import ingest_events
+
+    accepted = 0
+    with Stopwatch() as clock:
+        for batch in batches(events):
+            accepted += ingest_events(tenant, batch).accepted
+    if accepted != len(events):
+        raise RuntimeError(f"the service accepted {accepted} of {len(events)} events")
+    return clock.seconds
+
+
+def raw_rows(tenant, events: list[dict]) -> list[tuple]:
+    """The rows the service would write for ``tenant``, in COLUMNS order, as Python
+    values. The service's own validator computes them, so both sides store the same
+    quantity_micro, UTC timestamp, local day, service, user and properties."""
+    from plans.metering import validate_batch
+
+    ingested_at = dt.datetime.now(dt.UTC)
+    rows = []
+    for batch in batches(events):
+        for e in validate_batch(tenant, batch):
+            rows.append((tenant.id, e.event_id, e.metric, e.quantity_micro, e.occurred_at,
+                         e.day, e.service, e.user_ref, e.properties, ingested_at))
+    return rows
+
+
+def raw_insert_sqlite(rows: list[tuple]) -> float:
+    """Seconds for one executemany of a plain INSERT on the DBAPI connection, committed
+    once. Values are first converted as SQLAlchemy would bind them (dates and
+    timestamps as text), outside the timing."""
+    from plans.models import UsageEvent
+    from portal.extensions import db
+
+    dialect = db.engine.dialect
+    table = UsageEvent.__table__
+    processors = [table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+                  for name in COLUMNS]
+    bound = [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True))
+             for row in rows]
+    sql = "INSERT INTO usage_event ({}) VALUES ({})".format(
+        ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS)))
+    pooled = db.engine.raw_connection()
+    try:
+        conn = pooled.driver_connection
+        with Stopwatch() as clock:
+            conn.executemany(sql, bound)
+            conn.commit()
+    finally:
+        pooled.close()
+    return clock.seconds
+
+
+def raw_insert_postgres(rows: list[tuple]) -> float:
+    """Seconds to COPY the rows into usage_event in one transaction."""
+    from portal.extensions import db
+
+    pooled = db.engine.raw_connection()
+    try:
+        conn = pooled.driver_connection
+        with Stopwatch() as clock:
+            with conn.cursor() as cur:
+                with cur.copy("COPY usage_event ({}) FROM STDIN".format(", ".join(COLUMNS))) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            conn.commit()
+    finally:
+        pooled.close()
+    return clock.seconds
+
+
+def count_rows(tenant) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from plans.models import UsageEvent, UsageRollup
+    from portal.extensions import db
+    from tenants.scoping import tenant_scope
+
+    with tenant_scope(tenant):
+        events = db.session.scalar(select(func.count()).select_from(UsageEvent))
+        rollups = db.session.scalar(select(func.count()).select_from(UsageRollup))
+    db.session.rollback()
+    return events, rollups
+
+
+def run_case(case: str, url: str, events: list[dict]) -> Row:
+    with migrated_app(url):
+        service_tenant = new_tenant("bench-service")
+        raw_tenant = new_tenant("bench-raw")
+        log(f"{case}: ingesting {len(events):,} events through the service")
+        service_s = ingest_through_service(service_tenant, events)
+        stored, rollups = count_rows(service_tenant)
+        rows = raw_rows(raw_tenant, events)
+        log(f"{case}: raw bulk insert of the same {len(rows):,} rows")
+        raw_s = raw_insert_sqlite(rows) if case == "sqlite" else raw_insert_postgres(rows)
+        raw_stored, _ = count_rows(raw_tenant)
+    if stored != len(events) or raw_stored != len(rows):
+        raise RuntimeError(f"{case}: stored {stored} and {raw_stored} of {len(events)} rows")
+    service_rate, raw_rate = len(events) / service_s, len(rows) / raw_s
+    ratio = service_rate / raw_rate
+    verdict = ("meets target" if ratio >= TARGET else "below target") + f" (>= {TARGET:.2f})"
+    return Row(case=case,
+               measured=Measure("service", service_rate, "events/s"),
+               baseline=Measure("COPY" if case == "postgresql" else "raw INSERT",
+                                raw_rate, "events/s"),
+               ratio=ratio, ratio_label="service/raw", verdict=verdict,
+               details={"events": len(events), "batch": BATCH, "rollup_rows": rollups,
+                        "service_seconds": round(service_s, 3), "raw_seconds": round(raw_s, 3)})
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    count = QUICK_EVENTS if args.quick else FULL_EVENTS
+    log(f"generating {count:,} events")
+    events = generate_events(count)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_ingest_") as tmp:
+        results.append(run_case("sqlite", f"sqlite:///{tmp}/bench.db", events))
+    with postgres_database("bench_ingest") as url:
+        results.append(run_case("postgresql", url, events))
+    report(BENCHMARK,
+           f"Ingestion of {count:,} events in batches of {BATCH:,}: service vs raw bulk insert",
+           results,
+           notes=["the service also validates every event and upserts the daily rollups; "
+                  "the raw insert writes usage_event only, from rows prepared in advance",
+                  "rollup rows written by the service: " + ", ".join(
+                      f"{r.case} {r.details['rollup_rows']:,}" for r in results)],
+           size={"events": count, "batch": BATCH})
+
+
+if __name__ == "__main__":
+    main()

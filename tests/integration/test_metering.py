@@ -1,0 +1,200 @@
+"""Usage ingestion: aggregation rules, time zones, idempotency, atomic batches."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from plans import metering
+from plans.metering import BatchRejected, BatchTooLarge, ingest_events, usage_totals
+from plans.models import UsageEvent, UsageRollup
+from plans.periods import period_containing, period_from_label
+from portal.extensions import db
+from tenants.models import Tenant
+from tenants.scoping import unscoped
+from tests.factories import TenantFactory
+
+NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
+
+
+def ev(event_id, metric, quantity, ts, **extra):
+    return {"id": event_id, "metric": metric, "quantity": quantity, "timestamp": ts, **extra}
+
+
+@pytest.fixture
+def ny(app):
+    """A tenant in New York: UTC-4 until 1 Nov 2026 02:00, UTC-5 after."""
+    with app.app_context(), unscoped():
+        yield TenantFactory(slug="nyc", timezone="America/New_York")
+
+
+def _events(app, tenant):
+    with app.app_context(), unscoped():
+        return db.session.scalar(select(func.count(UsageEvent.id))
+                                 .where(UsageEvent.tenant_id == tenant.id))
+
+
+def test_days_are_counted_in_the_tenant_zone_across_the_dst_change(app, ny):
+    with app.app_context():
+        ingest_events(ny, [
+            ev("a", "llm_tokens", 100, "2026-11-01T03:59:00Z"),  # 31 Oct 23:59 EDT
+            ev("b", "llm_tokens", 200, "2026-11-01T04:30:00Z"),  # 1 Nov 00:30 EDT
+            ev("c", "llm_tokens", 400, "2026-11-02T04:30:00Z"),  # 1 Nov 23:30 EST
+            ev("d", "llm_tokens", 800, "2026-11-02T05:00:00Z"),  # 2 Nov 00:00 EST
+        ], now=NOW)
+        with unscoped():
+            days = dict(db.session.execute(
+                select(UsageRollup.day, func.sum(UsageRollup.quantity_micro))
+                .where(UsageRollup.tenant_id == ny.id).group_by(UsageRollup.day)).all())
+        assert {d: v // 1_000_000 for d, v in days.items()} == {
+            dt.date(2026, 10, 31): 100, dt.date(2026, 11, 1): 600, dt.date(2026, 11, 2): 800}
+        october, november = period_from_label("2026-10"), period_from_label("2026-11")
+        assert usage_totals(ny, october.start, october.end)["llm_tokens"] == 100
+        assert usage_totals(ny, november.start, november.end)["llm_tokens"] == 1400
+
+
+def test_aggregation_rule_of_each_metric(app, ny):
+    with app.app_context():
+        ingest_events(ny, [
+            ev("t1", "llm_tokens", 1500, "2026-11-03T15:00:00Z"),
+            ev("t2", "llm_tokens", "2500", "2026-11-04T15:00:00Z"),
+            ev("q1", "sql_queries", 7, "2026-11-03T15:00:00Z"),
+            ev("q2", "sql_queries", 5, "2026-11-05T15:00:00Z"),
+            ev("r1", "api_requests", 1000, "2026-11-03T15:00:00Z"),
+            # compute is metered per minute and billed in hours
+            ev("c1", "compute_hours", 90, "2026-11-03T15:00:00Z"),
+            ev("c2", "compute_hours", 30, "2026-11-04T15:00:00Z"),
+            # storage: the highest reading of a day, summed over services; the period
+            # is billed on its peak day
+            ev("s1", "storage_gb", "10.5", "2026-11-03T12:00:00Z"),
+            ev("s2", "storage_gb", "12.25", "2026-11-03T18:00:00Z"),
+            ev("s3", "storage_gb", 3, "2026-11-03T18:00:00Z", service="ml_service"),
+            ev("s4", "storage_gb", 14, "2026-11-04T18:00:00Z"),
+            ev("s5", "storage_gb", "11", "2026-11-05T18:00:00Z"),
+        ], now=NOW)
+        period = period_from_label("2026-11")
+        totals = usage_totals(ny, period.start, period.end)
+    assert totals["llm_tokens"] == 4000
+    assert totals["sql_queries"] == 12
+    assert totals["api_requests"] == 1000
+    assert totals["compute_hours"] == 2
+    assert totals["storage_gb"] == Decimal("15.25")  # 3 Nov: 12.25 + 3
+
+
+def test_a_replayed_batch_is_all_duplicates_and_counts_once(app, ny):
+    batch = [ev(f"e{i}", "sql_queries", 1, "2026-11-03T15:00:00Z") for i in range(50)]
+    with app.app_context():
+        first = ingest_events(ny, batch + [batch[0]], now=NOW)
+        second = ingest_events(ny, batch, now=NOW)
+        period = period_from_label("2026-11")
+        total = usage_totals(ny, period.start, period.end)["sql_queries"]
+    assert (first.accepted, first.duplicates) == (50, 1)
+    assert (second.accepted, second.duplicates) == (0, 50)
+    assert total == 50
+    assert _events(app, ny) == 50
+
+
+def test_concurrent_overlapping_batches_count_each_event_once(app, ny):
+    """Two writers send overlapping batches at the same moment; the unique index
+    decides which one stores each shared event, the other counts it as a duplicate."""
+    shared = [ev(f"s{i}", "llm_tokens", 10, "2026-11-03T15:00:00Z") for i in range(300)]
+    own = {n: [ev(f"{n}{i}", "llm_tokens", 1, "2026-11-03T15:00:00Z") for i in range(100)]
+           for n in ("x", "y")}
+    barrier = threading.Barrier(2)
+    results, errors = {}, []
+
+    def writer(name):
+        try:
+            with app.app_context():
+                with unscoped():
+                    tenant = db.session.get(Tenant, ny.id)
+                barrier.wait()
+                results[name] = ingest_events(tenant, shared + own[name], now=NOW)
+                db.session.remove()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert results["x"].accepted + results["y"].accepted == 500
+    assert results["x"].duplicates + results["y"].duplicates == 300
+    with app.app_context():
+        period = period_from_label("2026-11")
+        assert usage_totals(ny, period.start, period.end)["llm_tokens"] == 300 * 10 + 200
+    assert _events(app, ny) == 500
+
+
+def test_one_bad_event_rejects_the_batch_with_every_error(app, ny):
+    batch = [
+        ev("ok1", "llm_tokens", 10, "2026-11-03T15:00:00Z"),
+        ev("bad1", "gpu_hours", 1, "2026-11-03T15:00:00Z"),
+        ev("bad2", "llm_tokens", -5, "2026-11-03T15:00:00Z"),
+        ev("bad3", "llm_tokens", 1.5, "2026-11-03T15:00:00"),
+        {"metric": "llm_tokens", "quantity": "1e3x", "timestamp": "yesterday", "colour": "red"},
+        ev("bad5", "llm_tokens", "0.0000001", "2026-11-03T15:00:00Z", service="nope"),
+        ev("bad6", "llm_tokens", 1, "2027-01-01T00:00:00Z"),
+        "not an object",
+    ]
+    with app.app_context(), pytest.raises(BatchRejected) as info:
+        ingest_events(ny, batch, now=NOW)
+    found = {(e.index, e.field) for e in info.value.errors}
+    assert found == {
+        (1, "metric"), (2, "quantity"), (3, "quantity"), (3, "timestamp"),
+        (4, "id"), (4, "quantity"), (4, "timestamp"), (4, "colour"),
+        (5, "quantity"), (5, "service"), (6, "timestamp"), (7, "event"),
+    }
+    assert all(e.message for e in info.value.errors)
+    assert _events(app, ny) == 0
+
+
+def test_a_failure_half_way_writes_nothing(app, ny, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full while updating rollups")
+
+    monkeypatch.setattr(metering, "_upsert_rollups", broken)
+    with app.app_context(), pytest.raises(RuntimeError):
+        ingest_events(ny, [ev("x1", "llm_tokens", 10, "2026-11-03T15:00:00Z")], now=NOW)
+    assert _events(app, ny) == 0
+    monkeypatch.undo()
+    with app.app_context():
+        result = ingest_events(ny, [ev("x1", "llm_tokens", 10, "2026-11-03T15:00:00Z")], now=NOW)
+    assert result.accepted == 1  # nothing half-written blocks the retry
+
+
+def test_oversized_batch_is_refused(app, ny):
+    batch = [ev(f"e{i}", "sql_queries", 1, "2026-11-03T15:00:00Z")
+             for i in range(metering.MAX_BATCH + 1)]
+    with app.app_context(), pytest.raises(BatchTooLarge):
+        ingest_events(ny, batch, now=NOW)
+
+
+def test_events_of_one_tenant_never_land_in_another(app, ny, world):
+    with app.app_context(), unscoped():
+        other = db.session.get(Tenant, world.ids["a"])
+    with app.app_context():
+        ingest_events(ny, [ev("same-id", "llm_tokens", 10, "2026-11-03T15:00:00Z")], now=NOW)
+        result = ingest_events(other, [ev("same-id", "llm_tokens", 99, "2026-11-03T15:00:00Z")],
+                               now=NOW)
+        assert result.accepted == 1  # idempotency keys are per tenant
+        period = period_from_label("2026-11")
+        assert usage_totals(ny, period.start, period.end)["llm_tokens"] == 10
+        assert usage_totals(other, period.start, period.end)["llm_tokens"] == 99
+
+
+def test_periods_follow_the_anchor_day():
+    period = period_containing(dt.date(2026, 3, 14), anchor_day=15)
+    assert (period.start, period.end, period.days) == (dt.date(2026, 2, 15),
+                                                       dt.date(2026, 3, 15), 28)
+    assert period.next().start == dt.date(2026, 3, 15)
+    with pytest.raises(ValueError):
+        period_from_label("2026-13")
+    with pytest.raises(ValueError):
+        period_from_label("26-1")
