@@ -148,14 +148,14 @@ def raw_insert_postgres(rows: list[tuple]) -> float:
     """Seconds to COPY the rows into usage_event in one transaction."""
     from portal.extensions import db
 
+    sql = "COPY usage_event ({}) FROM STDIN".format(", ".join(COLUMNS))
     pooled = db.engine.raw_connection()
     try:
         conn = pooled.driver_connection
         with Stopwatch() as clock:
-            with conn.cursor() as cur:
-                with cur.copy("COPY usage_event ({}) FROM STDIN".format(", ".join(COLUMNS))) as copy:
-                    for row in rows:
-                        copy.write_row(row)
+            with conn.cursor() as cur, cur.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
             conn.commit()
     finally:
         pooled.close()

@@ -125,7 +125,8 @@ def login(app):
 
 
 def page_text(response) -> str:
-    html = response.get_data(as_text=True)
+    """The visible text of a response (or of an HTML string), whitespace collapsed."""
+    html = response if isinstance(response, str) else response.get_data(as_text=True)
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
