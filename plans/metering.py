@@ -13,15 +13,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import func, select, update
 
 from plans.metrics import METRICS, PEAK, SERVICES
-from plans.models import UsageEvent, UsageRollup, from_micro, to_micro
-from plans.periods import Period, local_day
+from plans.models import UsageRollup, from_micro
+from plans.periods import Period
 from portal.extensions import db
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
@@ -66,13 +65,12 @@ class IngestResult:
         return {"accepted": self.accepted, "duplicates": self.duplicates}
 
 
-@dataclass(frozen=True)
-class CleanEvent:
+class CleanEvent(NamedTuple):
     event_id: str
     metric: str
     quantity_micro: int
-    occurred_at: dt.datetime
-    day: dt.date
+    occurred_at: dt.datetime  # UTC
+    day: dt.date  # in the tenant's time zone
     service: str
     user_ref: str
     properties: str | None
@@ -82,7 +80,7 @@ def parse_timestamp(value: Any) -> dt.datetime:
     """An aware datetime from an RFC 3339 string or an aware datetime."""
     if isinstance(value, dt.datetime):
         moment = value
-    elif isinstance(value, str):
+    elif type(value) is str:
         try:
             moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
         except ValueError as exc:
@@ -94,95 +92,114 @@ def parse_timestamp(value: Any) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-def parse_quantity(value: Any) -> Decimal:
-    if isinstance(value, bool) or isinstance(value, float):
+MAX_MICRO = int(MAX_QUANTITY) * 1_000_000
+MICRO_EXPONENT = -MAX_DECIMALS
+
+
+def parse_quantity_micro(value: Any) -> int:
+    """A quantity in exact millionths, from an int, a Decimal or a decimal string.
+    Floats are refused: they cannot say 0.1 exactly."""
+    kind = type(value)
+    if kind is int:
+        micro = value * 1_000_000
+    elif kind is bool or kind is float:
         raise ValueError("must be an exact number (a JSON number parsed as decimal, or a string)")
-    if not isinstance(value, int | Decimal | str):
+    elif kind is str or isinstance(value, Decimal):
+        try:
+            number = Decimal(value.strip()) if kind is str else value
+        except InvalidOperation as exc:
+            raise ValueError("must be a number") from exc
+        if not number.is_finite():
+            raise ValueError("must be finite")
+        if number.as_tuple().exponent < MICRO_EXPONENT and number != number.quantize(
+            Decimal(1).scaleb(MICRO_EXPONENT)
+        ):
+            raise ValueError(f"at most {MAX_DECIMALS} decimal places")
+        micro = int(number.scaleb(MAX_DECIMALS))
+    else:
         raise ValueError("must be a number")
-    try:
-        number = Decimal(value.strip() if isinstance(value, str) else value)
-    except InvalidOperation as exc:
-        raise ValueError("must be a number") from exc
-    if not number.is_finite():
-        raise ValueError("must be finite")
-    if number < 0:
+    if micro < 0:
         raise ValueError("cannot be negative")
-    if number > MAX_QUANTITY:
+    if micro > MAX_MICRO:
         raise ValueError(f"cannot exceed {MAX_QUANTITY:,}")
-    if number != number.quantize(Decimal(1).scaleb(-MAX_DECIMALS)):
-        raise ValueError(f"at most {MAX_DECIMALS} decimal places")
-    return number
+    return micro
 
 
-def _clean(index: int, raw: Any, timezone: str, now: dt.datetime,
+def _clean(index: int, raw: Any, zone: ZoneInfo, latest: dt.datetime,
            errors: list[EventError]) -> CleanEvent | None:
+    """One event checked and normalised; its errors appended to ``errors``."""
     if not isinstance(raw, Mapping):
         errors.append(EventError(index, "event", "must be an object"))
         return None
-    before = len(errors)
-
-    def err(name: str, message: str) -> None:
-        errors.append(EventError(index, name, message))
-
-    for unknown in sorted(set(raw) - EVENT_FIELDS):
-        err(unknown, "unknown field")
+    failed: list[tuple[str, str]] = []
+    unknown = raw.keys() - EVENT_FIELDS
+    if unknown:
+        failed.extend((name, "unknown field") for name in sorted(unknown))
     event_id = raw.get("id")
-    if isinstance(event_id, int) and not isinstance(event_id, bool):
+    if type(event_id) is int:
         event_id = str(event_id)
-    if not isinstance(event_id, str) or not event_id.strip():
-        err("id", "is required: a unique string per event (the idempotency key)")
+    if type(event_id) is not str or not event_id.strip():
+        failed.append(("id", "is required: a unique string per event (the idempotency key)"))
     elif len(event_id) > 128:
-        err("id", "at most 128 characters")
+        failed.append(("id", "at most 128 characters"))
+    else:
+        event_id = event_id.strip()
     metric = raw.get("metric")
-    if metric not in METRICS:
-        err("metric", f"must be one of: {', '.join(METRICS)}")
-    quantity = None
+    definition = METRICS.get(metric) if type(metric) is str else None
+    if definition is None:
+        failed.append(("metric", f"must be one of: {', '.join(METRICS)}"))
+    micro = None
     if "quantity" not in raw:
-        err("quantity", "is required")
+        failed.append(("quantity", "is required"))
     else:
         try:
-            quantity = parse_quantity(raw["quantity"])
+            micro = parse_quantity_micro(raw["quantity"])
         except ValueError as exc:
-            err("quantity", str(exc))
+            failed.append(("quantity", str(exc)))
     occurred_at = None
     if "timestamp" not in raw:
-        err("timestamp", "is required")
+        failed.append(("timestamp", "is required"))
     else:
         try:
             occurred_at = parse_timestamp(raw["timestamp"])
-            if occurred_at > now + MAX_FUTURE:
-                err("timestamp", "is in the future")
         except ValueError as exc:
-            err("timestamp", str(exc))
+            failed.append(("timestamp", str(exc)))
+        else:
+            if occurred_at > latest:
+                failed.append(("timestamp", "is in the future"))
     service = raw.get("service")
-    if service is None and metric in METRICS:
-        service = METRICS[metric].service
-    elif service is not None and service not in SERVICES:
-        err("service", f"must be one of: {', '.join(SERVICES)}")
+    if service is None:
+        service = definition.service if definition is not None else ""
+    elif service not in SERVICES:
+        failed.append(("service", f"must be one of: {', '.join(SERVICES)}"))
     user_ref = raw.get("user")
     if user_ref is None:
         user_ref = ""
-    elif isinstance(user_ref, int) and not isinstance(user_ref, bool):
+    elif type(user_ref) is int:
         user_ref = str(user_ref)
-    elif not isinstance(user_ref, str) or len(user_ref) > 128:
-        err("user", "must be a string of at most 128 characters")
+    elif type(user_ref) is not str or len(user_ref) > 128:
+        failed.append(("user", "must be a string of at most 128 characters"))
     properties = raw.get("properties")
     encoded = None
     if properties is not None:
         if not isinstance(properties, Mapping):
-            err("properties", "must be an object")
+            failed.append(("properties", "must be an object"))
         else:
             try:
                 encoded = json.dumps(properties, sort_keys=True, default=str)
             except (TypeError, ValueError):
-                err("properties", "must be JSON")
+                failed.append(("properties", "must be JSON"))
             else:
-                if len(encoded.encode()) > MAX_PROPERTIES_BYTES:
-                    err("properties", f"at most {MAX_PROPERTIES_BYTES} bytes")
-    if len(errors) > before:
+                # A character takes at most 4 bytes: encode only when it could matter.
+                if len(encoded) * 4 > MAX_PROPERTIES_BYTES and (
+                    len(encoded.encode()) > MAX_PROPERTIES_BYTES
+                ):
+                    failed.append(("properties", f"at most {MAX_PROPERTIES_BYTES} bytes"))
+    if failed:
+        errors.extend(EventError(index, name, message) for name, message in failed)
         return None
-    return CleanEvent(event_id.strip(), metric, to_micro(quantity), occurred_at,
-                      local_day(occurred_at, timezone), service, user_ref, encoded)
+    return CleanEvent(event_id, metric, micro, occurred_at, occurred_at.astimezone(zone).date(),
+                      service, user_ref, encoded)
 
 
 def validate_batch(tenant: Tenant, events: Sequence[Any],
@@ -190,16 +207,18 @@ def validate_batch(tenant: Tenant, events: Sequence[Any],
     """Every event checked; raises BatchRejected listing each bad field."""
     if len(events) > MAX_BATCH:
         raise BatchTooLarge(f"a batch carries at most {MAX_BATCH:,} events, not {len(events):,}")
-    now = now or dt.datetime.now(dt.UTC)
+    latest = (now or dt.datetime.now(dt.UTC)) + MAX_FUTURE
     errors: list[EventError] = []
-    clean = [_clean(i, raw, tenant.timezone, now, errors) for i, raw in enumerate(events)]
+    zone = ZoneInfo(tenant.timezone)
+    clean = [_clean(i, raw, zone, latest, errors) for i, raw in enumerate(events)]
     if errors:
         raise BatchRejected(errors)
     return clean  # type: ignore[return-value]
 
 
-def _insert(dialect: str):
-    return pg_insert if dialect == "postgresql" else sqlite_insert
+PEAK_METRICS = frozenset(code for code, m in METRICS.items() if m.aggregation == PEAK)
+EVENT_COLUMNS = ("tenant_id", "event_id", "metric", "quantity_micro", "occurred_at", "day",
+                 "service", "user_ref", "properties")
 
 
 def ingest_events(tenant: Tenant, events: Sequence[Any], *,
@@ -209,6 +228,10 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     All or nothing: an invalid event raises BatchRejected (every error listed) and
     writes nothing; a database failure rolls the whole batch back. An event whose id
     the tenant already sent, in this batch or before, counts as a duplicate.
+
+    Batches of one tenant are serialised by a lock on the tenant's row, so the ids
+    already stored can be looked up once and the new events written in bulk (COPY on
+    PostgreSQL); the unique constraint on (tenant, id) stays as the backstop.
     """
     clean = validate_batch(tenant, events, now)
     result = IngestResult()
@@ -221,68 +244,131 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     if not seen:
         return result
     dialect = db.session.get_bind().dialect.name
-    insert = _insert(dialect)
-    # A fixed order keeps concurrent batches from deadlocking on the unique index.
-    ordered = [seen[k] for k in sorted(seen)]
     try:
         with tenant_scope(tenant):
-            events = UsageEvent.__table__
-            # One compiled statement run over all rows (executemany; SQLAlchemy's
-            # insertmanyvalues batches it and still returns the ids actually inserted).
-            stmt = (
-                insert(events)
-                .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
-                .returning(events.c.event_id)
-            )
-            new_ids = set(db.session.scalars(stmt, [_event_row(tenant.id, e) for e in ordered]))
-            inserted = [e for e in ordered if e.event_id in new_ids]
-            _upsert_rollups(tenant.id, inserted, insert, dialect)
+            _lock_tenant(tenant.id, dialect)
+            stored = _stored_ids(tenant.id, list(seen), dialect)
+            new = [e for key, e in seen.items() if key not in stored]
+            if new:
+                _write_events(tenant.id, new, dialect)
+                _upsert_rollups(tenant.id, new, dialect)
             db.session.commit()
     except BaseException:
         db.session.rollback()
         raise
-    result.accepted = len(inserted)
-    result.duplicates += len(ordered) - len(inserted)
-    result.accepted_ids = [e.event_id for e in inserted]
+    result.accepted = len(new)
+    result.duplicates += len(seen) - len(new)
+    result.accepted_ids = [e.event_id for e in new]
     return result
 
 
-def _event_row(tenant_id: int, e: CleanEvent) -> dict[str, Any]:
-    return {"tenant_id": tenant_id, "event_id": e.event_id, "metric": e.metric,
-            "quantity_micro": e.quantity_micro, "occurred_at": e.occurred_at, "day": e.day,
-            "service": e.service, "user_ref": e.user_ref, "properties": e.properties}
+def _lock_tenant(tenant_id: int, dialect: str) -> None:
+    """Hold the tenant's row until commit: other batches of this tenant wait here."""
+    if dialect == "postgresql":
+        db.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    else:
+        # SQLite has one writer at a time: a write takes the database's write lock.
+        db.session.execute(update(Tenant).where(Tenant.id == tenant_id)
+                           .values(status=Tenant.status))
 
 
-def _upsert_rollups(tenant_id: int, events: list[CleanEvent], insert, dialect: str) -> None:
+def _stored_ids(tenant_id: int, ids: list[str], dialect: str) -> set[str]:
+    """Which of ``ids`` the tenant already stored. One parameter carries the whole
+    list (an array on PostgreSQL, a JSON array on SQLite), so the statement is the
+    same for every batch instead of a thousand-placeholder IN list."""
+    cursor = db.session.connection().connection.driver_connection.cursor()
+    try:
+        if dialect == "postgresql":
+            # Never as a prepared statement: PostgreSQL would soon switch to a generic
+            # plan that cannot see how selective the id list is, and scan the tenant.
+            cursor.execute("SELECT event_id FROM usage_event WHERE tenant_id = %s "
+                           "AND event_id = ANY(%s::varchar[])", (tenant_id, ids), prepare=False)
+        else:
+            cursor.execute("SELECT event_id FROM usage_event WHERE tenant_id = ? "
+                           "AND event_id IN (SELECT value FROM json_each(?))",
+                           (tenant_id, json.dumps(ids)))
+        return {row[0] for row in cursor.fetchall()}
+    finally:
+        cursor.close()
+
+
+def _write_events(tenant_id: int, events: list[CleanEvent], dialect: str) -> None:
+    """Bulk-write new events on the session's connection: COPY on PostgreSQL, one
+    executemany on SQLite (values in the storage format SQLAlchemy reads back)."""
+    raw = db.session.connection().connection.driver_connection
+    if dialect == "postgresql":
+        with raw.cursor() as cursor, cursor.copy(
+            f"COPY usage_event ({', '.join(EVENT_COLUMNS)}) FROM STDIN"
+        ) as copy:
+            for e in events:
+                copy.write_row((tenant_id, *e))
+        return
+    raw.cursor().executemany(
+        f"INSERT INTO usage_event ({', '.join(EVENT_COLUMNS)}, ingested_at) "
+        f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))}, CURRENT_TIMESTAMP)",
+        [(tenant_id, e.event_id, e.metric, e.quantity_micro, _sqlite_datetime(e.occurred_at),
+          e.day.isoformat(), e.service, e.user_ref, e.properties) for e in events],
+    )
+
+
+def _sqlite_datetime(moment: dt.datetime) -> str:
+    # SQLAlchemy's SQLite DateTime storage format (UTC wall time, microseconds).
+    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+ROLLUP_COLUMNS = ("tenant_id", "day", "metric", "service", "user_ref", "quantity_micro",
+                  "event_count")
+
+
+def _upsert_rollups(tenant_id: int, events: list[CleanEvent], dialect: str) -> None:
+    """Add the batch to its daily rollups: sums for summed metrics, the maximum for
+    peak metrics. Keys are written in sorted order so that concurrent batches of
+    different tenants never wait on each other in a cycle."""
     deltas: dict[tuple, list[int]] = {}
     for e in events:
         key = (e.day, e.metric, e.service, e.user_ref)
-        qty_count = deltas.setdefault(key, [0, 0])
-        if METRICS[e.metric].aggregation == PEAK:
+        qty_count = deltas.get(key)
+        if qty_count is None:
+            deltas[key] = [e.quantity_micro, 1]
+        elif e.metric in PEAK_METRICS:
             qty_count[0] = max(qty_count[0], e.quantity_micro)
+            qty_count[1] += 1
         else:
             qty_count[0] += e.quantity_micro
-        qty_count[1] += 1
-    greatest = func.greatest if dialect == "postgresql" else func.max
-    table = UsageRollup.__table__
-    for peak in (False, True):
-        rows = [
-            {"tenant_id": tenant_id, "day": day, "metric": metric, "service": service,
-             "user_ref": user_ref, "quantity_micro": q, "event_count": n}
-            for (day, metric, service, user_ref), (q, n) in sorted(deltas.items())
-            if (METRICS[metric].aggregation == PEAK) == peak
-        ]
-        if not rows:
-            continue
-        stmt = insert(table)
-        excluded = stmt.excluded
-        quantity = (greatest(table.c.quantity_micro, excluded.quantity_micro) if peak
-                    else table.c.quantity_micro + excluded.quantity_micro)
-        db.session.execute(stmt.on_conflict_do_update(
-            index_elements=["tenant_id", "day", "metric", "service", "user_ref"],
-            set_={"quantity_micro": quantity,
-                  "event_count": table.c.event_count + excluded.event_count},
-        ), rows)
+            qty_count[1] += 1
+    peak_list = ", ".join(f"'{m}'" for m in sorted(PEAK_METRICS))
+    keys = sorted(deltas.items())
+    conflict = (
+        "ON CONFLICT (tenant_id, day, metric, service, user_ref) DO UPDATE SET "
+        f"quantity_micro = CASE WHEN usage_rollup.metric IN ({peak_list}) "
+        "THEN {greatest}(usage_rollup.quantity_micro, excluded.quantity_micro) "
+        "ELSE usage_rollup.quantity_micro + excluded.quantity_micro END, "
+        "event_count = usage_rollup.event_count + excluded.event_count"
+    )
+    cursor = db.session.connection().connection.driver_connection.cursor()
+    try:
+        if dialect == "postgresql":
+            # One statement for the whole batch: the rows travel as arrays.
+            columns = list(zip(*[(day, metric, service, user_ref, q, n)
+                                 for (day, metric, service, user_ref), (q, n) in keys],
+                               strict=True))
+            cursor.execute(
+                f"INSERT INTO usage_rollup ({', '.join(ROLLUP_COLUMNS)}) "
+                "SELECT %s, * FROM unnest(%s::date[], %s::varchar[], %s::varchar[], "
+                "%s::varchar[], %s::bigint[], %s::bigint[]) "
+                + conflict.format(greatest="GREATEST"),
+                (tenant_id, *[list(c) for c in columns]), prepare=False,
+            )
+        else:
+            cursor.executemany(
+                f"INSERT INTO usage_rollup ({', '.join(ROLLUP_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(ROLLUP_COLUMNS))}) "
+                + conflict.format(greatest="MAX"),
+                [(tenant_id, day.isoformat(), metric, service, user_ref, q, n)
+                 for (day, metric, service, user_ref), (q, n) in keys],
+            )
+    finally:
+        cursor.close()
 
 
 # -- reading usage ----------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from typing import ClassVar
 
 from flask_appbuilder import Model
 from sqlalchemy import (
@@ -188,6 +189,7 @@ class UsageEvent(TenantScoped, Model):
     """A raw usage event, kept as the audit trail of every rollup."""
 
     __tablename__ = "usage_event"
+    __tenant_index__: ClassVar[bool] = False
     __table_args__ = (
         UniqueConstraint("tenant_id", "event_id", name="uq_usage_event_idempotency"),
         CheckConstraint(METRIC_CHECK, name="ck_usage_event_metric"),
@@ -222,6 +224,7 @@ class UsageRollup(TenantScoped, Model):
     maximum, in millionths of the event unit."""
 
     __tablename__ = "usage_rollup"
+    __tenant_index__: ClassVar[bool] = False
     __table_args__ = (
         UniqueConstraint("tenant_id", "day", "metric", "service", "user_ref",
                          name="uq_usage_rollup_key"),
@@ -245,11 +248,6 @@ class UsageRollup(TenantScoped, Model):
 
 
 MICRO = Decimal(1_000_000)
-
-
-def to_micro(quantity: Decimal) -> int:
-    """Exact integer millionths; the caller has checked there are at most 6 decimals."""
-    return int(quantity * MICRO)
 
 
 def from_micro(micro: int) -> Decimal:

@@ -48,7 +48,7 @@ DEMO_USAGE = {
     # Initech outgrows Starter: its tokens pass the plan's limit this month.
     "initech": {"plan": "starter", "custom_price_minor": None,
                 "users": ["it-milton", "it-peter", "it-samir", "it-joanna"],
-                "daily": {"llm_tokens": 6_500, "sql_queries": 95, "api_requests": 800,
+                "daily": {"llm_tokens": 8_000, "sql_queries": 95, "api_requests": 800,
                           "compute_hours": 6},
                 "storage_gb": 9},
 }

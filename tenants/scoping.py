@@ -121,12 +121,19 @@ class TenantIsolated:
 
 
 class TenantScoped(TenantIsolated):
-    """Mixin for tenant-owned models: ``tenant_id`` NOT NULL, stamped and checked."""
+    """Mixin for tenant-owned models: ``tenant_id`` NOT NULL, stamped and checked.
+
+    ``__tenant_index__ = False`` leaves out the single-column index, for tables whose
+    composite unique index already starts with ``tenant_id`` (a second index would
+    only slow writes down and tempt the planner into scanning a tenant's rows)."""
+
+    __tenant_index__: ClassVar[bool] = True
 
     @declared_attr
     def tenant_id(cls) -> Mapped[int]:
         return mapped_column(
-            ForeignKey("tenant.id", ondelete="RESTRICT"), nullable=False, index=True
+            ForeignKey("tenant.id", ondelete="RESTRICT"), nullable=False,
+            index=cls.__tenant_index__,
         )
 
 

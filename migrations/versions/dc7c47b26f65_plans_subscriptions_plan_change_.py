@@ -60,8 +60,6 @@ def upgrade():
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('tenant_id', 'event_id', name='uq_usage_event_idempotency')
     )
-    with op.batch_alter_table('usage_event', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_usage_event_tenant_id'), ['tenant_id'], unique=False)
 
     op.create_table('usage_rollup',
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
@@ -78,7 +76,6 @@ def upgrade():
     sa.UniqueConstraint('tenant_id', 'day', 'metric', 'service', 'user_ref', name='uq_usage_rollup_key')
     )
     with op.batch_alter_table('usage_rollup', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_usage_rollup_tenant_id'), ['tenant_id'], unique=False)
         batch_op.create_index('ix_usage_rollup_tenant_metric_day', ['tenant_id', 'metric', 'day'], unique=False)
 
     op.create_table('plan_change_request',
@@ -156,12 +153,8 @@ def downgrade():
     op.drop_table('plan_change_request')
     with op.batch_alter_table('usage_rollup', schema=None) as batch_op:
         batch_op.drop_index('ix_usage_rollup_tenant_metric_day')
-        batch_op.drop_index(batch_op.f('ix_usage_rollup_tenant_id'))
 
     op.drop_table('usage_rollup')
-    with op.batch_alter_table('usage_event', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_usage_event_tenant_id'))
-
     op.drop_table('usage_event')
     op.drop_table('plan_version')
     op.drop_table('plan')

@@ -104,21 +104,22 @@ def test_concurrent_overlapping_batches_count_each_event_once(app, ny):
     shared = [ev(f"s{i}", "llm_tokens", 10, "2026-11-03T15:00:00Z") for i in range(300)]
     own = {n: [ev(f"{n}{i}", "llm_tokens", 1, "2026-11-03T15:00:00Z") for i in range(100)]
            for n in ("x", "y")}
-    barrier = threading.Barrier(2)
+    barrier = threading.Barrier(2, timeout=30)
     results, errors = {}, []
+    tenant_id = ny.id
 
     def writer(name):
         try:
             with app.app_context():
                 with unscoped():
-                    tenant = db.session.get(Tenant, ny.id)
+                    tenant = db.session.get(Tenant, tenant_id)
                 barrier.wait()
                 results[name] = ingest_events(tenant, shared + own[name], now=NOW)
                 db.session.remove()
         except Exception as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in ("x", "y")]
+    threads = [threading.Thread(target=writer, args=(n,), daemon=True) for n in ("x", "y")]
     for t in threads:
         t.start()
     for t in threads:
