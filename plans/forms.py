@@ -56,6 +56,6 @@ def plan_terms_form(custom_priced: bool) -> type[FlaskForm]:
             f"{metric.label} included ({metric.unit})", validators=[Optional()],
             description="Empty for unlimited"))
         setattr(PlanTermsForm, f"{code}_unit_price", StringField(
-            f"{metric.label} overage price per {metric.unit.rstrip('s')} (USD)",
+            f"{metric.label} overage price per {metric.unit_one} (USD)",
             validators=[Optional()]))
     return PlanTermsForm

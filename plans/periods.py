@@ -19,6 +19,10 @@ class Period:
         return (self.end - self.start).days
 
     @property
+    def last_day(self) -> dt.date:
+        return self.end - dt.timedelta(days=1)
+
+    @property
     def label(self) -> str:
         """``YYYY-MM`` of the month the period starts in (the API's ``period``)."""
         return f"{self.start.year:04d}-{self.start.month:02d}"

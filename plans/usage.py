@@ -49,6 +49,10 @@ class MetricUsage:
     def unit(self) -> str:
         return METRICS[self.metric].unit
 
+    @property
+    def digits(self) -> int:
+        return METRICS[self.metric].digits
+
     def overage(self, quantity: Decimal | None = None) -> Decimal:
         quantity = self.used if quantity is None else quantity
         if self.limit is None:

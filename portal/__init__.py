@@ -122,9 +122,9 @@ def init_request_scope(app: Flask) -> None:
 
 
 def init_blueprints(app: Flask) -> None:
-    from portal.health import bp as health_bp
+    from portal.public import bp as public_bp
 
-    app.register_blueprint(health_bp)
+    app.register_blueprint(public_bp)
 
 
 def init_errors(app: Flask) -> None:

@@ -8,6 +8,7 @@ from flask_appbuilder.models.sqla.interface import SQLAInterface
 from sqlalchemy import func, select
 
 from permissions.matrix import CAN_READ, RESOURCE_AUDIT_LOG, RESOURCE_DASHBOARD
+from plans.usage import usage_summary
 from portal.audit import AuditEvent
 from portal.extensions import db
 from portal.modelviews import BillfoldModelView
@@ -48,6 +49,7 @@ class HomeView(IndexView):
             context = {
                 "tenant": tenant,
                 "user_count": db.session.scalar(select(func.count(BillfoldUser.id))),
+                "summary": usage_summary(tenant),
             }
         return self.render_template(
             "billfold/home.html", recent=recent, show_audit=self._can_see_audit(), **context

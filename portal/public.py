@@ -1,15 +1,29 @@
-"""``GET /health``: liveness plus the database's reachability, as JSON."""
+"""Public routes: ``GET /health`` (liveness plus the database's reachability, as
+JSON) and the site icon."""
 
 from __future__ import annotations
 
 import time
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
 from portal.extensions import db
 
-bp = Blueprint("health", __name__)
+bp = Blueprint("public", __name__)
+
+FAVICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<rect width="32" height="32" rx="6" fill="#2c6fbb"/>'
+    '<text x="16" y="23" font-size="20" text-anchor="middle" fill="#fff" '
+    'font-family="sans-serif">B</text></svg>'
+)
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    return Response(FAVICON, mimetype="image/svg+xml",
+                    headers={"Cache-Control": "public, max-age=86400"})
 
 
 @bp.get("/health")
