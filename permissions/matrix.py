@@ -40,6 +40,8 @@ RESOURCE_USAGE = "Usage"
 RESOURCE_PLAN = "Plan"
 RESOURCE_PLAN_REQUESTS = "PlanRequestQueue"
 RESOURCE_PLAN_CATALOG = "PlanCatalog"
+RESOURCE_TRANSACTIONS = "Transactions"
+RESOURCE_LEDGER_ADMIN = "LedgerAdmin"
 # FAB's own security views, kept for the Platform Admin.
 RESOURCE_FAB_USERS = "UserDBModelView"
 RESOURCE_FAB_ROLES = "RoleModelView"
@@ -61,6 +63,8 @@ MENU_USAGE = "Usage dashboard"
 MENU_PLAN = "Plan and limits"
 MENU_PLAN_CATALOG = "Plan catalog"
 MENU_PLAN_REQUESTS = "Plan requests"
+MENU_TRANSACTIONS = "Transactions"
+MENU_LEDGER_ADMIN = "Ledger corrections"
 
 
 def _rw(resource: str) -> tuple[tuple[str, str], ...]:
@@ -107,7 +111,8 @@ MATRIX: tuple[MatrixRow, ...] = (
     MatrixRow(
         "view invoices, download PDFs",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "own", BILLING_CONTACT: "own"},
-        pending="invoice pages come with invoicing",
+        grants=((CAN_READ, RESOURCE_TRANSACTIONS),) + _menus(MENU_BILLING, MENU_TRANSACTIONS),
+        notes="the credit ledger's transactions and their CSV; invoices join this row",
     ),
     MatrixRow(
         "update plan",
@@ -144,7 +149,9 @@ MATRIX: tuple[MatrixRow, ...] = (
         grants=_rw(RESOURCE_TENANTS)
         + _rw(RESOURCE_PLATFORM_USERS)
         + _rw(RESOURCE_PLAN_CATALOG)
-        + _menus(MENU_PLATFORM, MENU_TENANTS, MENU_ALL_USERS, MENU_PLAN_CATALOG),
+        + ((CAN_WRITE, RESOURCE_LEDGER_ADMIN),)
+        + _menus(MENU_PLATFORM, MENU_TENANTS, MENU_ALL_USERS, MENU_PLAN_CATALOG,
+                 MENU_LEDGER_ADMIN),
     ),
     MatrixRow(
         "platform security (FAB users and roles)",

@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from plans.metrics import METRICS, PEAK, SERVICES
 from plans.models import UsageRollup, from_micro
@@ -24,6 +24,7 @@ from plans.periods import Period
 from portal.extensions import db
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
+from tenants.services import lock_tenant
 
 MAX_BATCH = 10_000
 MAX_QUANTITY = Decimal(10) ** 12
@@ -246,7 +247,7 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     dialect = db.session.get_bind().dialect.name
     try:
         with tenant_scope(tenant):
-            _lock_tenant(tenant.id, dialect)
+            lock_tenant(tenant.id)
             stored = _stored_ids(tenant.id, list(seen), dialect)
             new = [e for key, e in seen.items() if key not in stored]
             if new:
@@ -260,16 +261,6 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     result.duplicates += len(seen) - len(new)
     result.accepted_ids = [e.event_id for e in new]
     return result
-
-
-def _lock_tenant(tenant_id: int, dialect: str) -> None:
-    """Hold the tenant's row until commit: other batches of this tenant wait here."""
-    if dialect == "postgresql":
-        db.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
-    else:
-        # SQLite has one writer at a time: a write takes the database's write lock.
-        db.session.execute(update(Tenant).where(Tenant.id == tenant_id)
-                           .values(status=Tenant.status))
 
 
 def _stored_ids(tenant_id: int, ids: list[str], dialect: str) -> set[str]:

@@ -82,3 +82,15 @@ def local_day(moment: dt.datetime, timezone: str) -> dt.date:
 
 def today_in(timezone: str, now: dt.datetime | None = None) -> dt.date:
     return local_day(now or dt.datetime.now(dt.UTC), timezone)
+
+
+def local_range(first: dt.date | None, last: dt.date | None,
+                timezone: str) -> tuple[dt.datetime | None, dt.datetime | None]:
+    """Days ``first`` to ``last`` (both inclusive, in ``timezone``) as a half-open UTC
+    interval; either end may be open."""
+    zone = ZoneInfo(timezone)
+    start = (dt.datetime.combine(first, dt.time(), zone).astimezone(dt.UTC)
+             if first else None)
+    end = (dt.datetime.combine(last + dt.timedelta(days=1), dt.time(), zone).astimezone(dt.UTC)
+           if last else None)
+    return start, end

@@ -41,7 +41,8 @@ def init_instance_folder(app: Flask) -> None:
 
 
 def init_database(app: Flask) -> None:
-    import plans.models  # noqa: F401 - register every model on the metadata
+    import invoices.models  # noqa: F401 - register every model on the metadata
+    import plans.models  # noqa: F401
     import portal.audit  # noqa: F401
     import tenants.models  # noqa: F401
 
@@ -51,17 +52,20 @@ def init_database(app: Flask) -> None:
 
 
 def init_appbuilder(app: Flask) -> None:
+    from invoices.views import LedgerAdminView, TransactionsView
     from permissions.matrix import (
         MENU_ACCOUNT,
         MENU_ALL_USERS,
         MENU_AUDIT_LOG,
         MENU_BILLING,
+        MENU_LEDGER_ADMIN,
         MENU_PLAN,
         MENU_PLAN_CATALOG,
         MENU_PLAN_REQUESTS,
         MENU_PLATFORM,
         MENU_TEAM,
         MENU_TENANTS,
+        MENU_TRANSACTIONS,
         MENU_USAGE,
     )
     from plans.views import PlanCatalogView, PlanRequestQueueView, PlanView, UsageView
@@ -74,11 +78,15 @@ def init_appbuilder(app: Flask) -> None:
         appbuilder.add_view(UsageView, MENU_USAGE, icon="fa-tachometer",
                             category=MENU_BILLING, category_icon="fa-credit-card")
         appbuilder.add_view(PlanView, MENU_PLAN, icon="fa-cubes", category=MENU_BILLING)
+        appbuilder.add_view(TransactionsView, MENU_TRANSACTIONS, icon="fa-exchange",
+                            category=MENU_BILLING)
         appbuilder.add_view(TenantView, MENU_TENANTS, icon="fa-building",
                             category=MENU_PLATFORM, category_icon="fa-server")
         appbuilder.add_view(PlanCatalogView, MENU_PLAN_CATALOG, icon="fa-list",
                             category=MENU_PLATFORM)
         appbuilder.add_view(PlanRequestQueueView, MENU_PLAN_REQUESTS, icon="fa-inbox",
+                            category=MENU_PLATFORM)
+        appbuilder.add_view(LedgerAdminView, MENU_LEDGER_ADMIN, icon="fa-balance-scale",
                             category=MENU_PLATFORM)
         appbuilder.add_view(PlatformUsersView, MENU_ALL_USERS, icon="fa-users",
                             category=MENU_PLATFORM)

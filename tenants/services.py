@@ -13,7 +13,7 @@ from babel.numbers import list_currencies
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_appbuilder.security.sqla.models import Role
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import joinedload
 from werkzeug.security import generate_password_hash
 
@@ -158,6 +158,17 @@ def set_tenant_status(actor: Actor, tenant: Tenant, status: str) -> Tenant:
                      after=audit.snapshot(tenant, TENANT_FIELDS))
         db.session.commit()
     return tenant
+
+
+def lock_tenant(tenant_id: int) -> None:
+    """Hold the tenant's row until the transaction ends, so writers of one tenant's
+    balance or usage take turns (a row lock on PostgreSQL; SQLite has one writer at
+    a time, and any write takes its lock)."""
+    if db.session.get_bind().dialect.name == "postgresql":
+        db.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    else:
+        db.session.execute(update(Tenant).where(Tenant.id == tenant_id)
+                           .values(status=Tenant.status))
 
 
 def get_tenant_by_slug(slug: str) -> Tenant:

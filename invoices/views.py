@@ -1,0 +1,173 @@
+"""The transactions page and its CSV export; ledger corrections and grants."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal, InvalidOperation
+
+from flask import Response, abort, flash, g, redirect, request, stream_with_context, url_for
+from flask_appbuilder import BaseView, expose
+from flask_appbuilder.security.decorators import has_access
+from flask_wtf import FlaskForm
+from wtforms import SelectField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length
+
+from invoices import ledger
+from invoices.csv_export import stream_csv
+from invoices.models import ENTRY_SIGNS
+from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_TRANSACTIONS
+from plans.periods import local_range
+from portal.audit import Actor
+from portal.errors import ValidationFailed
+from portal.formatting import local_datetime
+from portal.money import Money
+from portal.tenancy import all_tenants, page_tenant
+
+
+def _filters(tenant) -> tuple[ledger.EntryFilter, dict, list[str]]:
+    """The type and date-range filters of the query string, dates in the tenant's zone."""
+    errors = []
+    types = tuple(t for t in request.args.getlist("type") if t)
+    unknown = [t for t in types if t not in ENTRY_SIGNS]
+    if unknown:
+        errors.append(f"unknown type: {', '.join(unknown)}")
+        types = tuple(t for t in types if t in ENTRY_SIGNS)
+    days = {}
+    for key in ("from", "to"):
+        raw = request.args.get(key, "").strip()
+        if raw:
+            try:
+                days[key] = dt.date.fromisoformat(raw)
+            except ValueError:
+                errors.append(f"{key} must be a date such as 2026-11-01")
+    if "from" in days and "to" in days and days["from"] > days["to"]:
+        errors.append("the range ends before it starts")
+        days = {}
+    start, end = local_range(days.get("from"), days.get("to"), tenant.timezone)
+    shown = {"type": list(types), "from": request.args.get("from", ""),
+             "to": request.args.get("to", "")}
+    return ledger.EntryFilter(types, start, end), shown, errors
+
+
+def _cursor() -> int | None:
+    raw = request.args.get("before", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        abort(400)
+    return int(raw)
+
+
+class TransactionsView(BaseView):
+    """Every movement of the tenant's credit, newest first, 50 at a time."""
+
+    route_base = "/billing"
+    default_view = "index"
+    class_permission_name = RESOURCE_TRANSACTIONS
+    method_permission_name = {"index": "read", "export": "read"}
+
+    @expose("/transactions/")
+    @has_access
+    def index(self):
+        tenant = page_tenant()
+        if tenant is None:
+            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
+                                        title="Transactions",
+                                        endpoint="TransactionsView.index")
+        where, shown, errors = _filters(tenant)
+        for message in errors:
+            flash(message, "danger")
+        page = ledger.list_entries(tenant, before=_cursor(), where=where)
+        return self.render_template(
+            "invoices/transactions.html", tenant=tenant, page=page, shown=shown,
+            types=list(ENTRY_SIGNS), balance=ledger.balance(tenant),
+            is_platform=g.user.tenant_id is None, first_page=request.args.get("before") is None,
+        ), 400 if errors else 200
+
+    @expose("/transactions.csv")
+    @has_access
+    def export(self):
+        tenant = page_tenant(required=g.user.tenant_id is None)
+        where, shown, errors = _filters(tenant)
+        if errors:
+            return Response("; ".join(errors) + "\n", status=400, mimetype="text/plain")
+        zone = tenant.timezone
+        preamble = [f"Billfold transactions of {tenant.name} ({tenant.slug})",
+                    f"Times and the date range are in {zone}; amounts in {tenant.currency}",
+                    f"Range: {shown['from'] or 'start'} to {shown['to'] or 'now'}; "
+                    f"types: {', '.join(shown['type']) or 'all'}"]
+        header = ["id", "date", "type", "amount", "currency", "balance_after", "description",
+                  "source", "ref_id"]
+
+        def rows():
+            for e in ledger.iter_entries(tenant, where):
+                # Amounts stay Decimal: a negative number is data, not a formula.
+                yield [e.id, local_datetime(e.created_at, zone), e.type,
+                       Money.from_minor(e.amount_minor, e.currency).amount, e.currency,
+                       Money.from_minor(e.balance_after_minor, e.currency).amount,
+                       e.description, e.source, e.ref_id or ""]
+
+        filename = f"transactions-{tenant.slug}-{dt.date.today():%Y%m%d}.csv"
+        return Response(stream_with_context(stream_csv(header, rows(), preamble)),
+                        mimetype="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
+class LedgerForm(FlaskForm):
+    kind = SelectField("Kind", choices=[
+        ("admin_correction", "Correction (positive or negative)"),
+        ("contract_grant", "Contract grant"), ("bonus_grant", "Bonus grant (contract extra)"),
+        ("bonus", "Bonus (one-off promotion)")])
+    amount = StringField("Amount", validators=[DataRequired()],
+                         description="In the tenant's currency, e.g. 250.00 or -12.50")
+    reason = TextAreaField("Reason / description", validators=[DataRequired(), Length(max=500)],
+                           description="Shown to the tenant as the entry's description")
+
+
+class LedgerAdminView(BaseView):
+    """Platform Admin: corrections and grants to a tenant's credit."""
+
+    route_base = "/platform/ledger"
+    default_view = "index"
+    class_permission_name = RESOURCE_LEDGER_ADMIN
+    method_permission_name = {"index": "write"}
+
+    @expose("/", methods=["GET", "POST"])
+    @has_access
+    def index(self):
+        tenant = page_tenant()
+        if tenant is None:
+            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
+                                        title="Ledger correction",
+                                        endpoint="LedgerAdminView.index")
+        form = LedgerForm()
+        status = 200
+        if request.method == "POST":
+            status = 400
+            if form.validate():
+                try:
+                    amount = Money(Decimal(form.amount.data.strip().replace(",", "")),
+                                   tenant.currency).to_minor()
+                except (InvalidOperation, ValueError):
+                    form.amount.errors = ["enter an amount such as 250.00"]
+                else:
+                    try:
+                        actor = Actor.for_user(g.user)
+                        if form.kind.data == "admin_correction":
+                            ledger.correct_balance(actor, tenant, amount, form.reason.data)
+                        else:
+                            ledger.grant_credit(actor, tenant, form.kind.data, amount,
+                                                form.reason.data)
+                    except ValidationFailed as exc:
+                        for field, message in exc.errors.items():
+                            target = {"type": form.kind, "description": form.reason}.get(
+                                field, getattr(form, field, None))
+                            if target is not None:
+                                target.errors = [*target.errors, message]
+                            else:
+                                flash(message, "danger")
+                    else:
+                        flash(f"Booked for {tenant.name}.", "success")
+                        return redirect(url_for("TransactionsView.index", tenant=tenant.slug))
+        return self.render_template("invoices/ledger_admin.html", tenant=tenant, form=form,
+                                    balance=ledger.balance(tenant)), status
