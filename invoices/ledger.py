@@ -61,9 +61,10 @@ def balance(tenant: Tenant) -> Money:
 
 def post_entry(tenant: Tenant, actor: Actor, entry_type: str, amount_minor: int,
                description: str, *, source: str = "system", ref_id: str | None = None,
-               commit: bool = True) -> LedgerEntry:
+               at: dt.datetime | None = None, commit: bool = True) -> LedgerEntry:
     """Append an entry and return it. With a ``ref_id`` the call is idempotent: the
-    entry already booked for (tenant, type, ref_id) is returned unchanged.
+    entry already booked for (tenant, type, ref_id) is returned unchanged. ``at``
+    back-dates an entry that is loaded in order (history imports, demo data).
     Refuses an unknown type or source, a zero amount and a sign the type forbids."""
     _check(entry_type, amount_minor, source)
     description = (description or "").strip() or entry_type.replace("_", " ")
@@ -84,6 +85,8 @@ def post_entry(tenant: Tenant, actor: Actor, entry_type: str, amount_minor: int,
             currency=tenant.currency, balance_after_minor=previous + amount_minor,
             description=description, source=source, ref_id=ref_id, actor_label=actor.label,
         )
+        if at is not None:
+            entry.created_at = at
         db.session.add(entry)
         db.session.flush()
         if commit:

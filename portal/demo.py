@@ -10,10 +10,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
+from invoices import ledger
 from permissions.matrix import BILLING_CONTACT, PLATFORM_ADMIN, TENANT_ADMIN
 from plans import services as plan_services
 from plans.metering import ingest_events
-from plans.periods import today_in
+from plans.periods import period_containing, today_in
+from plans.usage import usage_summary
 from portal.audit import Actor
 from portal.extensions import db
 from tenants import services
@@ -148,6 +150,50 @@ def _demo_usage(tenant: Tenant, spec: dict, start: dt.date, lines: list[str]) ->
         lines.append(f"usage for {tenant.slug}: {accepted} events ({duplicates} already there)")
 
 
+def _demo_ledger(tenant: Tenant, start: dt.date, lines: list[str]) -> None:
+    """Credit history: Initech buys credit each month and its usage is debited at
+    each period's real cost (read from its rollups); Acme got a welcome credit;
+    Globex's contract came with a grant and its bonus."""
+    if ledger.balance_minor(tenant) != 0 or ledger.list_entries(tenant, limit=1).entries:
+        return
+    zone = ZoneInfo(tenant.timezone)
+
+    def moment(day: dt.date, hour: int) -> dt.datetime:
+        return dt.datetime.combine(day, dt.time(hour), zone).astimezone(dt.UTC)
+
+    if tenant.slug == "acme":
+        ledger.post_entry(tenant, DEMO_ACTOR, "bonus", 10_000, "Welcome credit",
+                          at=moment(start, 9))
+    elif tenant.slug == "globex":
+        ledger.post_entry(tenant, DEMO_ACTOR, "contract_grant", 1_000_000,
+                          "Contract GX-2026-04: prepaid portion", source="admin_correction",
+                          at=moment(start, 10))
+        ledger.post_entry(tenant, DEMO_ACTOR, "bonus_grant", 200_000,
+                          "Contract GX-2026-04: negotiated bonus", source="admin_correction",
+                          at=moment(start, 10))
+    else:
+        ledger.post_entry(tenant, DEMO_ACTOR, "bonus", 5_000, "Sign-up bonus",
+                          at=moment(start, 9))
+        period = period_containing(start)
+        today = today_in(tenant.timezone)
+        n = 0
+        while period.start <= today:
+            n += 1
+            ledger.post_entry(tenant, DEMO_ACTOR, "topup", 30_000 if n < 4 else 45_000,
+                              f"Credit purchase, Stripe Checkout cs_demo_{tenant.slug}_{n}",
+                              source="stripe_webhook", ref_id=f"cs_demo_{tenant.slug}_{n}",
+                              at=moment(period.start + dt.timedelta(days=2), 11))
+            if period.end <= today:
+                cost = usage_summary(tenant, period, today=today).cost_so_far.to_minor()
+                ledger.post_entry(tenant, DEMO_ACTOR, "usage", -cost,
+                                  f"Usage {period.label}: base fee and overage",
+                                  at=moment(period.end, 1))
+            period = period.next()
+        ledger.post_entry(tenant, Actor("user", None, "platform"), "admin_correction", 1_250,
+                          "Refund of a duplicated storage charge", source="admin_correction")
+    lines.append(f"ledger for {tenant.slug}: balance {ledger.balance(tenant)}")
+
+
 def load_demo() -> list[str]:
     """Create what is missing of the demo; returns a line per object created."""
     lines: list[str] = []
@@ -169,4 +215,5 @@ def load_demo() -> list[str]:
             start = _months_before(today_in(tenant.timezone), DEMO_MONTHS)
             _demo_plans(tenant, spec_usage, start, lines)
             _demo_usage(tenant, spec_usage, start, lines)
+            _demo_ledger(tenant, start, lines)
     return lines or ["demo data already present"]
