@@ -1,4 +1,4 @@
-"""The prepaid-credit ledger."""
+"""The prepaid-credit ledger, payment methods, credit purchases and Stripe events."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from typing import ClassVar
 from flask_appbuilder import Model
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -22,12 +25,14 @@ from sqlalchemy.orm import Mapped, mapped_column
 from tenants.scoping import TenantScoped
 
 # Entry types and the sign their amount must have: +1 credit, -1 debit, 0 either.
+# A refund is either way: credit returned to the wallet (a hold released) is
+# positive; a card purchase refunded to the card takes the bought credit back out.
 ENTRY_SIGNS: dict[str, int] = {
     "topup": 1,
     "auto_recharge": 1,
     "usage": -1,
     "storage_billing": -1,
-    "refund": 1,
+    "refund": 0,
     "bonus": 1,
     "admin_correction": 0,
     "contract_grant": 1,
@@ -78,3 +83,91 @@ class LedgerEntry(TenantScoped, Model):
     source: Mapped[str] = mapped_column(String(32), nullable=False)
     ref_id: Mapped[str | None] = mapped_column(String(255))
     actor_label: Mapped[str] = mapped_column(String(256), nullable=False)
+
+
+class BillingAccount(TenantScoped, Model):
+    """A tenant's payment-provider account: its Stripe customer."""
+
+    __tablename__ = "billing_account"
+    __tenant_index__: ClassVar[bool] = False
+    __table_args__ = (UniqueConstraint("tenant_id", name="uq_billing_account_tenant"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+
+class PaymentMethod(TenantScoped, Model):
+    """A way the tenant pays. Cards mirror Stripe (brand, last 4, expiry); bank
+    details are kept masked."""
+
+    __tablename__ = "payment_method"
+    __table_args__ = (
+        CheckConstraint("kind IN ('card', 'ach', 'invoice', 'wire')",
+                        name="ck_payment_method_kind"),
+        UniqueConstraint("tenant_id", "stripe_payment_method_id",
+                         name="uq_payment_method_stripe"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    stripe_payment_method_id: Mapped[str | None] = mapped_column(String(255))
+    brand: Mapped[str | None] = mapped_column(String(32))
+    last4: Mapped[str | None] = mapped_column(String(4))
+    exp_month: Mapped[int | None] = mapped_column(Integer)
+    exp_year: Mapped[int | None] = mapped_column(Integer)
+    is_default: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    @property
+    def label(self) -> str:
+        if self.kind == "card":
+            return f"{(self.brand or 'card').title()} •••• {self.last4} " \
+                   f"(expires {self.exp_month:02d}/{self.exp_year})"
+        return {"ach": "ACH bank account", "invoice": "Net-30 invoice",
+                "wire": "Wire transfer"}[self.kind] + (f" •••• {self.last4}" if self.last4 else "")
+
+
+class CreditPurchase(TenantScoped, Model):
+    """A card payment for credit, or its refund: the Stripe transactions table."""
+
+    __tablename__ = "credit_purchase"
+    __table_args__ = (
+        CheckConstraint("kind IN ('purchase', 'refund')", name="ck_credit_purchase_kind"),
+        CheckConstraint("status IN ('succeeded', 'failed')", name="ck_credit_purchase_status"),
+        UniqueConstraint("tenant_id", "kind", "stripe_ref", name="uq_credit_purchase_ref"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    # The Checkout session, refund or payment intent this row stands for.
+    stripe_ref: Mapped[str] = mapped_column(String(255), nullable=False)
+    stripe_charge_id: Mapped[str | None] = mapped_column(String(255))
+    payment_method_label: Mapped[str | None] = mapped_column(String(128))
+    receipt_url: Mapped[str | None] = mapped_column(Text)
+    failure_message: Mapped[str | None] = mapped_column(Text)
+
+
+class StripeEvent(Model):
+    """Every webhook event received, once (replays find their row and change nothing).
+    Platform-level: read only by the webhook handler and Platform Admins."""
+
+    __tablename__ = "stripe_event"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(128), nullable=False)
+    received_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id"))
+    outcome: Mapped[str] = mapped_column(String(255), nullable=False)

@@ -1,11 +1,22 @@
-"""The transactions page and its CSV export; ledger corrections and grants."""
+"""The transactions page and its CSV export; ledger corrections and grants; payment
+methods, buying credit and the purchase history."""
 
 from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal, InvalidOperation
 
-from flask import Response, abort, flash, g, redirect, request, stream_with_context, url_for
+from flask import (
+    Response,
+    abort,
+    current_app,
+    flash,
+    g,
+    redirect,
+    request,
+    stream_with_context,
+    url_for,
+)
 from flask_appbuilder import BaseView, expose
 from flask_appbuilder.security.decorators import has_access
 from flask_wtf import FlaskForm
@@ -15,7 +26,7 @@ from wtforms.validators import DataRequired, Length
 from invoices import ledger
 from invoices.csv_export import stream_csv
 from invoices.models import ENTRY_SIGNS
-from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_TRANSACTIONS
+from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_PAYMENTS, RESOURCE_TRANSACTIONS
 from plans.periods import local_range
 from portal.audit import Actor
 from portal.errors import ValidationFailed
@@ -171,3 +182,84 @@ class LedgerAdminView(BaseView):
                         return redirect(url_for("TransactionsView.index", tenant=tenant.slug))
         return self.render_template("invoices/ledger_admin.html", tenant=tenant, form=form,
                                     balance=ledger.balance(tenant)), status
+
+
+class BuyCreditForm(FlaskForm):
+    amount = StringField("Amount", validators=[DataRequired()],
+                         description="Between 5.00 and 100,000.00, paid by card through Stripe")
+
+
+class PaymentsView(BaseView):
+    """Payment methods (cards mirrored from Stripe), adding a card and buying credit
+    through Stripe Checkout, and the credit purchase history."""
+
+    route_base = "/billing/payments"
+    default_view = "index"
+    class_permission_name = RESOURCE_PAYMENTS
+    method_permission_name = {"index": "read", "add_card": "write", "buy_credit": "write",
+                              "returned": "read"}
+
+    def _render(self, tenant, form=None, status=200):
+        from invoices import payments
+
+        return self.render_template(
+            "invoices/payments.html", tenant=tenant, methods=payments.list_payment_methods(tenant),
+            purchases=payments.list_purchases(tenant), form=form or BuyCreditForm(formdata=None),
+            balance=ledger.balance(tenant), is_platform=g.user.tenant_id is None,
+            configured=bool(current_app.config.get("STRIPE_SECRET_KEY")),
+        ), status
+
+    @expose("/")
+    @has_access
+    def index(self):
+        tenant = page_tenant()
+        if tenant is None:
+            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
+                                        title="Payments", endpoint="PaymentsView.index")
+        return self._render(tenant)
+
+    def _checkout(self, tenant, mode, amount_minor=None):
+        from invoices import payments
+
+        back = url_for("PaymentsView.returned", _external=True,
+                       tenant=tenant.slug if g.user.tenant_id is None else None)
+        try:
+            start = payments.start_checkout(
+                tenant, Actor.for_user(g.user), mode=mode, amount_minor=amount_minor,
+                success_url=back + ("&" if "?" in back else "?") + "session={CHECKOUT_SESSION_ID}",
+                cancel_url=back + ("&" if "?" in back else "?") + "cancelled=1")
+        except payments.PaymentsNotConfigured as exc:
+            flash(str(exc), "danger")
+            return redirect(url_for("PaymentsView.index"))
+        return redirect(start.url, code=303)
+
+    @expose("/add-card", methods=["POST"])
+    @has_access
+    def add_card(self):
+        return self._checkout(page_tenant(required=True), "setup")
+
+    @expose("/buy-credit", methods=["POST"])
+    @has_access
+    def buy_credit(self):
+        tenant = page_tenant(required=True)
+        form = BuyCreditForm()
+        if form.validate():
+            try:
+                amount = Money(Decimal(form.amount.data.strip().replace(",", "")),
+                               tenant.currency).to_minor()
+                return self._checkout(tenant, "payment", amount)
+            except (InvalidOperation, ValueError):
+                form.amount.errors = ["enter an amount such as 100.00"]
+            except ValidationFailed as exc:
+                form.amount.errors = list(exc.errors.values())
+        return self._render(tenant, form, 400)
+
+    @expose("/returned")
+    @has_access
+    def returned(self):
+        if request.args.get("cancelled"):
+            flash("Checkout was cancelled; nothing was charged.", "info")
+        else:
+            flash("Thank you. Stripe confirms the payment to Billfold in a moment; "
+                  "the credit and card appear here once it has.", "success")
+        return redirect(url_for("PaymentsView.index", tenant=request.args.get("tenant")))

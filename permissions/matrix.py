@@ -42,6 +42,7 @@ RESOURCE_PLAN_REQUESTS = "PlanRequestQueue"
 RESOURCE_PLAN_CATALOG = "PlanCatalog"
 RESOURCE_TRANSACTIONS = "Transactions"
 RESOURCE_LEDGER_ADMIN = "LedgerAdmin"
+RESOURCE_PAYMENTS = "Payments"
 # FAB's own security views, kept for the Platform Admin.
 RESOURCE_FAB_USERS = "UserDBModelView"
 RESOURCE_FAB_ROLES = "RoleModelView"
@@ -65,6 +66,7 @@ MENU_PLAN_CATALOG = "Plan catalog"
 MENU_PLAN_REQUESTS = "Plan requests"
 MENU_TRANSACTIONS = "Transactions"
 MENU_LEDGER_ADMIN = "Ledger corrections"
+MENU_PAYMENTS = "Payment methods and credit"
 
 
 def _rw(resource: str) -> tuple[tuple[str, str], ...]:
@@ -126,7 +128,7 @@ MATRIX: tuple[MatrixRow, ...] = (
     MatrixRow(
         "manage payment methods",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "own", BILLING_CONTACT: "own"},
-        pending="payment method pages come with payments",
+        grants=_rw(RESOURCE_PAYMENTS) + _menus(MENU_BILLING, MENU_PAYMENTS),
     ),
     MatrixRow(
         "set budget alerts",

@@ -52,13 +52,14 @@ def init_database(app: Flask) -> None:
 
 
 def init_appbuilder(app: Flask) -> None:
-    from invoices.views import LedgerAdminView, TransactionsView
+    from invoices.views import LedgerAdminView, PaymentsView, TransactionsView
     from permissions.matrix import (
         MENU_ACCOUNT,
         MENU_ALL_USERS,
         MENU_AUDIT_LOG,
         MENU_BILLING,
         MENU_LEDGER_ADMIN,
+        MENU_PAYMENTS,
         MENU_PLAN,
         MENU_PLAN_CATALOG,
         MENU_PLAN_REQUESTS,
@@ -79,6 +80,8 @@ def init_appbuilder(app: Flask) -> None:
                             category=MENU_BILLING, category_icon="fa-credit-card")
         appbuilder.add_view(PlanView, MENU_PLAN, icon="fa-cubes", category=MENU_BILLING)
         appbuilder.add_view(TransactionsView, MENU_TRANSACTIONS, icon="fa-exchange",
+                            category=MENU_BILLING)
+        appbuilder.add_view(PaymentsView, MENU_PAYMENTS, icon="fa-credit-card",
                             category=MENU_BILLING)
         appbuilder.add_view(TenantView, MENU_TENANTS, icon="fa-building",
                             category=MENU_PLATFORM, category_icon="fa-server")
@@ -130,9 +133,12 @@ def init_request_scope(app: Flask) -> None:
 
 
 def init_blueprints(app: Flask) -> None:
+    from invoices.webhooks import bp as webhooks_bp
     from portal.public import bp as public_bp
 
     app.register_blueprint(public_bp)
+    app.register_blueprint(webhooks_bp)
+    csrf.exempt(webhooks_bp)  # Stripe signs its payloads instead
 
 
 def init_errors(app: Flask) -> None:

@@ -49,6 +49,9 @@ class Config:
 
     # Billfold
     INVITATION_TTL_HOURS = 72
+    STRIPE_SECRET_KEY: str | None = None
+    STRIPE_WEBHOOK_SECRET: str | None = None
+    STRIPE_API_BASE: str | None = None  # a local stand-in of Stripe's API
     DEFAULT_CURRENCY = "USD"
     DEFAULT_TIMEZONE = "UTC"
 

@@ -30,7 +30,7 @@ def upgrade():
     sa.Column('ref_id', sa.String(length=255), nullable=True),
     sa.Column('actor_label', sa.String(length=256), nullable=False),
     sa.Column('tenant_id', sa.Integer(), nullable=False),
-    sa.CheckConstraint("(type IN ('topup', 'auto_recharge', 'refund', 'bonus', 'contract_grant', 'bonus_grant') AND amount_minor > 0) OR (type IN ('usage', 'storage_billing') AND amount_minor < 0) OR (type IN ('admin_correction') AND amount_minor <> 0)", name='ck_ledger_entry_sign'),
+    sa.CheckConstraint("(type IN ('topup', 'auto_recharge', 'bonus', 'contract_grant', 'bonus_grant') AND amount_minor > 0) OR (type IN ('usage', 'storage_billing') AND amount_minor < 0) OR (type IN ('refund', 'admin_correction') AND amount_minor <> 0)", name='ck_ledger_entry_sign'),
     sa.CheckConstraint("source IN ('stripe_webhook', 'admin_correction', 'system', 'user')", name='ck_ledger_entry_source'),
     sa.CheckConstraint("type IN ('topup', 'auto_recharge', 'usage', 'storage_billing', 'refund', 'bonus', 'admin_correction', 'contract_grant', 'bonus_grant')", name='ck_ledger_entry_type'),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenant.id'], ondelete='RESTRICT'),

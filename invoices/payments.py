@@ -1,0 +1,281 @@
+"""Card payments through Stripe: customers, Checkout (add a card, buy credit) and the
+webhook that books what Stripe reports.
+
+Configuration: ``STRIPE_SECRET_KEY``, ``STRIPE_WEBHOOK_SECRET`` and, for a local
+stand-in of Stripe's API, ``STRIPE_API_BASE`` (all with the ``BILLFOLD_`` prefix in
+the environment).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from invoices import ledger
+from invoices.models import BillingAccount, CreditPurchase, PaymentMethod, StripeEvent
+from portal import audit
+from portal.audit import Actor
+from portal.errors import ValidationFailed
+from portal.extensions import db
+from tenants.models import Tenant
+from tenants.scoping import tenant_scope, unscoped
+from tenants.services import lock_tenant
+
+WEBHOOK_ACTOR = Actor.system("stripe_webhook")
+MIN_PURCHASE_MINOR = 500
+MAX_PURCHASE_MINOR = 10_000_000
+
+
+class PaymentsNotConfigured(RuntimeError):
+    """No Stripe secret key is configured."""
+
+
+class WebhookRejected(ValueError):
+    """The payload's signature is missing, forged or stale: nothing was booked."""
+
+
+def client() -> stripe.StripeClient:
+    key = current_app.config.get("STRIPE_SECRET_KEY")
+    if not key:
+        raise PaymentsNotConfigured("set BILLFOLD_STRIPE_SECRET_KEY to take card payments")
+    base = current_app.config.get("STRIPE_API_BASE")
+    options: dict[str, Any] = {"max_network_retries": 2}
+    if base:
+        options["base_addresses"] = {"api": base}
+    return stripe.StripeClient(key, **options)
+
+
+def _account(tenant: Tenant) -> BillingAccount:
+    with tenant_scope(tenant):
+        account = db.session.scalar(select(BillingAccount))
+        if account is None:
+            account = BillingAccount(tenant_id=tenant.id)
+            db.session.add(account)
+            db.session.flush()
+        return account
+
+
+def ensure_customer(tenant: Tenant) -> str:
+    """The tenant's Stripe customer id, creating the customer on first use."""
+    with tenant_scope(tenant):
+        lock_tenant(tenant.id)
+        account = _account(tenant)
+        if account.stripe_customer_id is None:
+            customer = client().v1.customers.create(
+                params={"email": tenant.billing_email, "name": tenant.name,
+                        "metadata": {"tenant": tenant.slug}},
+                options={"idempotency_key": f"billfold-customer-{tenant.slug}"},
+            )
+            account.stripe_customer_id = customer.id
+        db.session.commit()
+        return account.stripe_customer_id
+
+
+@dataclass(frozen=True)
+class CheckoutStart:
+    session_id: str
+    url: str
+
+
+def start_checkout(tenant: Tenant, actor: Actor, *, mode: str, success_url: str,
+                   cancel_url: str, amount_minor: int | None = None) -> CheckoutStart:
+    """A Stripe Checkout session: ``setup`` adds a card, ``payment`` buys credit of
+    ``amount_minor``. The session carries the tenant's customer and its slug as
+    ``client_reference_id``."""
+    if mode not in ("setup", "payment"):
+        raise ValidationFailed({"mode": "choose setup or payment"})
+    if mode == "payment" and (
+        not isinstance(amount_minor, int)
+        or not MIN_PURCHASE_MINOR <= amount_minor <= MAX_PURCHASE_MINOR
+    ):
+        raise ValidationFailed({"amount": "buy between 5.00 and 100,000.00"})
+    customer = ensure_customer(tenant)
+    params: dict[str, Any] = {
+        "mode": mode, "customer": customer, "client_reference_id": tenant.slug,
+        "success_url": success_url, "cancel_url": cancel_url,
+        "metadata": {"tenant": tenant.slug, "purpose": "credit" if mode == "payment" else "card"},
+    }
+    if mode == "payment":
+        params["line_items"] = [{
+            "quantity": 1,
+            "price_data": {"currency": tenant.currency.lower(), "unit_amount": amount_minor,
+                           "product_data": {"name": f"Billfold credit for {tenant.name}"}},
+        }]
+        params["payment_intent_data"] = {"metadata": {"tenant": tenant.slug}}
+    else:
+        params["payment_method_types"] = ["card"]
+        params["currency"] = tenant.currency.lower()
+    session = client().v1.checkout.sessions.create(params=params)
+    with tenant_scope(tenant):
+        audit.record("checkout.start", _account(tenant), actor, tenant_id=tenant.id,
+                     after={"mode": mode, "amount_minor": amount_minor, "session": session.id})
+        db.session.commit()
+    return CheckoutStart(session.id, session.url)
+
+
+# -- the webhook ----------------------------------------------------------------------
+
+def handle_webhook(payload: bytes, signature: str | None) -> str:
+    """Verify and book one webhook delivery; returns what was done.
+
+    The event id is stored once: a replay answers "duplicate" and books nothing.
+    Events may arrive in any order: each is booked on its own reference (session,
+    refund, payment intent), so a refund seen before its payment still nets out.
+    """
+    secret = current_app.config.get("STRIPE_WEBHOOK_SECRET")
+    if not secret:
+        raise PaymentsNotConfigured("set BILLFOLD_STRIPE_WEBHOOK_SECRET to accept webhooks")
+    try:
+        event = stripe.Webhook.construct_event(payload, signature or "", secret)
+    except (stripe.SignatureVerificationError, ValueError) as exc:
+        raise WebhookRejected(str(exc)) from exc
+    with unscoped():
+        if db.session.get(StripeEvent, event.id) is not None:
+            return "duplicate"
+        data = json.loads(payload)["data"]["object"]
+        tenant = _tenant_of(data)
+        handler = HANDLERS.get(event.type)
+        outcome = "ignored" if handler is None or tenant is None else handler(tenant, data)
+        db.session.add(StripeEvent(id=event.id, type=event.type, outcome=outcome,
+                                   tenant_id=tenant.id if tenant else None))
+        try:
+            db.session.commit()
+        except IntegrityError:
+            # The same event delivered twice at once: the other delivery booked it.
+            db.session.rollback()
+            return "duplicate"
+    return outcome
+
+
+def _tenant_of(obj: dict[str, Any]) -> Tenant | None:
+    """By Stripe customer id, else by ``client_reference_id`` / metadata slug."""
+    customer = obj.get("customer")
+    if isinstance(customer, dict):
+        customer = customer.get("id")
+    if customer:
+        tenant = db.session.scalar(select(Tenant).join(
+            BillingAccount, BillingAccount.tenant_id == Tenant.id
+        ).where(BillingAccount.stripe_customer_id == customer))
+        if tenant is not None:
+            return tenant
+    slug = obj.get("client_reference_id") or (obj.get("metadata") or {}).get("tenant")
+    if slug:
+        return db.session.scalar(select(Tenant).where(Tenant.slug == slug))
+    return None
+
+
+def _card_label(pm: dict[str, Any] | None) -> str | None:
+    card = (pm or {}).get("card") or {}
+    if not card:
+        return None
+    return f"{str(card.get('brand', 'card')).title()} •••• {card.get('last4')}"
+
+
+def _mirror_card(tenant: Tenant, pm: dict[str, Any] | None) -> None:
+    card = (pm or {}).get("card")
+    if not card:
+        return
+    with tenant_scope(tenant):
+        row = db.session.scalar(select(PaymentMethod).where(
+            PaymentMethod.stripe_payment_method_id == pm["id"]))
+        if row is None:
+            has_default = db.session.scalar(select(PaymentMethod.id).where(
+                PaymentMethod.is_default.is_(True)))
+            row = PaymentMethod(tenant_id=tenant.id, kind="card",
+                                stripe_payment_method_id=pm["id"], is_default=not has_default)
+            db.session.add(row)
+        row.brand, row.last4 = card.get("brand"), card.get("last4")
+        row.exp_month, row.exp_year = card.get("exp_month"), card.get("exp_year")
+
+
+def _on_checkout_completed(tenant: Tenant, session: dict[str, Any]) -> str:
+    stripe_client = client()
+    if session.get("mode") == "setup":
+        intent = stripe_client.v1.setup_intents.retrieve(
+            session["setup_intent"], params={"expand": ["payment_method"]})
+        _mirror_card(tenant, intent.to_dict().get("payment_method"))
+        return "card saved"
+    if session.get("payment_status") != "paid":
+        return "not paid"
+    amount = int(session["amount_total"])
+    pm = charge = None
+    if session.get("payment_intent"):
+        intent = stripe_client.v1.payment_intents.retrieve(
+            session["payment_intent"], params={"expand": ["payment_method", "latest_charge"]}
+        ).to_dict()
+        pm, charge = intent.get("payment_method"), intent.get("latest_charge")
+        _mirror_card(tenant, pm)
+    ledger.post_entry(tenant, WEBHOOK_ACTOR, "topup", amount,
+                      f"Credit purchase, Stripe Checkout {session['id']}",
+                      source="stripe_webhook", ref_id=session["id"], commit=False)
+    _purchase_row(tenant, "purchase", "succeeded", amount, session["id"],
+                  charge=charge, label=_card_label(pm))
+    return "topup booked"
+
+
+def _on_charge_refunded(tenant: Tenant, charge: dict[str, Any]) -> str:
+    booked = 0
+    for refund in (charge.get("refunds") or {}).get("data", []) or [
+        {"id": f"{charge['id']}-refund", "amount": charge.get("amount_refunded", 0)}
+    ]:
+        amount = int(refund.get("amount") or 0)
+        if amount <= 0:
+            continue
+        ledger.post_entry(tenant, WEBHOOK_ACTOR, "refund", -amount,
+                          f"Refund of Stripe charge {charge['id']}", source="stripe_webhook",
+                          ref_id=refund["id"], commit=False)
+        _purchase_row(tenant, "refund", "succeeded", amount, refund["id"], charge=charge,
+                      label=_card_label({"card": (charge.get("payment_method_details") or {})
+                                         .get("card")}))
+        booked += 1
+    return f"{booked} refund(s) booked"
+
+
+def _on_payment_failed(tenant: Tenant, intent: dict[str, Any]) -> str:
+    error = intent.get("last_payment_error") or {}
+    _purchase_row(tenant, "purchase", "failed", int(intent.get("amount") or 0), intent["id"],
+                  label=_card_label(error.get("payment_method")),
+                  failure=error.get("message") or "the payment failed")
+    return "failed purchase recorded"
+
+
+def _purchase_row(tenant: Tenant, kind: str, status: str, amount: int, ref: str, *,
+                  charge: dict[str, Any] | None = None, label: str | None = None,
+                  failure: str | None = None) -> None:
+    with tenant_scope(tenant):
+        exists = db.session.scalar(select(CreditPurchase.id).where(
+            CreditPurchase.kind == kind, CreditPurchase.stripe_ref == ref))
+        if exists:
+            return
+        db.session.add(CreditPurchase(
+            tenant_id=tenant.id, kind=kind, status=status, amount_minor=amount,
+            currency=tenant.currency, stripe_ref=ref,
+            stripe_charge_id=(charge or {}).get("id"),
+            receipt_url=(charge or {}).get("receipt_url"), payment_method_label=label,
+            failure_message=failure,
+        ))
+
+
+HANDLERS = {
+    "checkout.session.completed": _on_checkout_completed,
+    "charge.refunded": _on_charge_refunded,
+    "payment_intent.payment_failed": _on_payment_failed,
+}
+
+
+def list_payment_methods(tenant: Tenant) -> list[PaymentMethod]:
+    with tenant_scope(tenant):
+        return list(db.session.scalars(select(PaymentMethod).order_by(
+            PaymentMethod.is_default.desc(), PaymentMethod.id)))
+
+
+def list_purchases(tenant: Tenant) -> list[CreditPurchase]:
+    with tenant_scope(tenant):
+        return list(db.session.scalars(select(CreditPurchase).order_by(
+            CreditPurchase.id.desc())))
