@@ -248,10 +248,10 @@ class PaymentsView(BaseView):
                 amount = Money(Decimal(form.amount.data.strip().replace(",", "")),
                                tenant.currency).to_minor()
                 return self._checkout(tenant, "payment", amount)
+            except ValidationFailed as exc:  # before ValueError, which it extends
+                form.amount.errors = list(exc.errors.values())
             except (InvalidOperation, ValueError):
                 form.amount.errors = ["enter an amount such as 100.00"]
-            except ValidationFailed as exc:
-                form.amount.errors = list(exc.errors.values())
         return self._render(tenant, form, 400)
 
     @expose("/returned")
