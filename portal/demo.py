@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from invoices import ledger
+from invoices.models import PaymentMethod
 from permissions.matrix import BILLING_CONTACT, PLATFORM_ADMIN, TENANT_ADMIN
 from plans import services as plan_services
 from plans.metering import ingest_events
@@ -20,7 +21,7 @@ from portal.audit import Actor
 from portal.extensions import db
 from tenants import services
 from tenants.models import BillfoldUser, Tenant
-from tenants.scoping import unscoped
+from tenants.scoping import tenant_scope, unscoped
 
 DEMO_PASSWORD = "billfold-demo"
 DEMO_ACTOR = Actor.system("demo")
@@ -194,6 +195,28 @@ def _demo_ledger(tenant: Tenant, start: dt.date, lines: list[str]) -> None:
     lines.append(f"ledger for {tenant.slug}: balance {ledger.balance(tenant)}")
 
 
+DEMO_METHODS = {
+    "acme": [{"kind": "card", "brand": "visa", "last4": "4242", "exp_month": 8,
+              "exp_year": 2028, "stripe_payment_method_id": "pm_demo_acme_visa"},
+             {"kind": "ach", "last4": "6789"}],
+    "globex": [{"kind": "invoice"}, {"kind": "wire", "last4": "0451"}],
+    "initech": [{"kind": "card", "brand": "mastercard", "last4": "4444", "exp_month": 3,
+                 "exp_year": 2027, "stripe_payment_method_id": "pm_demo_initech_mc"}],
+}
+
+
+def _demo_payment_methods(tenant: Tenant, lines: list[str]) -> None:
+    """Acme pays by card (ACH as a second method), Globex on net-30 invoice terms with
+    wire details, Initech by card. Bank numbers are stored masked (last 4 only)."""
+    with tenant_scope(tenant):
+        if db.session.scalar(select(PaymentMethod.id).limit(1)):
+            return
+        for n, spec in enumerate(DEMO_METHODS[tenant.slug]):
+            db.session.add(PaymentMethod(tenant_id=tenant.id, is_default=n == 0, **spec))
+        db.session.commit()
+    lines.append(f"payment methods for {tenant.slug}")
+
+
 def load_demo() -> list[str]:
     """Create what is missing of the demo; returns a line per object created."""
     lines: list[str] = []
@@ -216,4 +239,5 @@ def load_demo() -> list[str]:
             _demo_plans(tenant, spec_usage, start, lines)
             _demo_usage(tenant, spec_usage, start, lines)
             _demo_ledger(tenant, start, lines)
+            _demo_payment_methods(tenant, lines)
     return lines or ["demo data already present"]
