@@ -107,7 +107,9 @@ def start_checkout(tenant: Tenant, actor: Actor, *, mode: str, success_url: str,
             "price_data": {"currency": tenant.currency.lower(), "unit_amount": amount_minor,
                            "product_data": {"name": f"Billfold credit for {tenant.name}"}},
         }]
-        params["payment_intent_data"] = {"metadata": {"tenant": tenant.slug}}
+        # Save the card on the customer so that it can be charged off-session later.
+        params["payment_intent_data"] = {"metadata": {"tenant": tenant.slug},
+                                         "setup_future_usage": "off_session"}
     else:
         params["payment_method_types"] = ["card"]
         params["currency"] = tenant.currency.lower()
