@@ -266,7 +266,7 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
 def _stored_ids(tenant_id: int, ids: list[str], dialect: str) -> set[str]:
     """Which of ``ids`` the tenant already stored. One parameter carries the whole
     list (an array on PostgreSQL, a JSON array on SQLite), so the statement is the
-    same for every batch instead of a thousand-placeholder IN list."""
+    same for every batch instead of an IN list with a thousand parameters."""
     cursor = db.session.connection().connection.driver_connection.cursor()
     try:
         if dialect == "postgresql":
