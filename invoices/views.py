@@ -23,9 +23,9 @@ from flask_wtf import FlaskForm
 from wtforms import SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
-from invoices import ledger
+from invoices import ledger, payment_methods
 from invoices.csv_export import stream_csv
-from invoices.models import ENTRY_SIGNS
+from invoices.models import ENTRY_SIGNS, PaymentMethod
 from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_PAYMENTS, RESOURCE_TRANSACTIONS
 from plans.periods import local_range
 from portal.audit import Actor
@@ -189,6 +189,16 @@ class BuyCreditForm(FlaskForm):
                          description="Between 5.00 and 100,000.00, paid by card through Stripe")
 
 
+class BankMethodForm(FlaskForm):
+    kind = SelectField("Method", choices=[("ach", "ACH bank account"),
+                                          ("invoice", "Net-30 invoice (Enterprise)"),
+                                          ("wire", "Wire transfer (Enterprise)")])
+    routing_number = StringField("Routing number (ACH)",
+                                 description="9 digits; not stored")
+    account_number = StringField("Account number (ACH)",
+                                 description="Only the last 4 digits are kept")
+
+
 class PaymentsView(BaseView):
     """Payment methods (cards mirrored from Stripe), adding a card and buying credit
     through Stripe Checkout, and the credit purchase history."""
@@ -197,14 +207,17 @@ class PaymentsView(BaseView):
     default_view = "index"
     class_permission_name = RESOURCE_PAYMENTS
     method_permission_name = {"index": "read", "add_card": "write", "buy_credit": "write",
-                              "returned": "read"}
+                              "returned": "read", "add_bank": "write", "make_default": "write",
+                              "remove_method": "write"}
+    object_model = PaymentMethod
 
-    def _render(self, tenant, form=None, status=200):
+    def _render(self, tenant, form=None, status=200, bank_form=None):
         from invoices import payments
 
         return self.render_template(
             "invoices/payments.html", tenant=tenant, methods=payments.list_payment_methods(tenant),
             purchases=payments.list_purchases(tenant), form=form or BuyCreditForm(formdata=None),
+            bank_form=bank_form or BankMethodForm(formdata=None),
             balance=ledger.balance(tenant), is_platform=g.user.tenant_id is None,
             configured=bool(current_app.config.get("STRIPE_SECRET_KEY")),
         ), status
@@ -253,6 +266,51 @@ class PaymentsView(BaseView):
             except (InvalidOperation, ValueError):
                 form.amount.errors = ["enter an amount such as 100.00"]
         return self._render(tenant, form, 400)
+
+    def _back(self, tenant):
+        return redirect(url_for("PaymentsView.index",
+                                tenant=tenant.slug if g.user.tenant_id is None else None))
+
+    @expose("/methods/add", methods=["POST"])
+    @has_access
+    def add_bank(self):
+        tenant = page_tenant(required=True)
+        form = BankMethodForm()
+        if form.validate():
+            try:
+                payment_methods.add_bank_method(Actor.for_user(g.user), tenant, form.kind.data,
+                                                form.data)
+            except ValidationFailed as exc:
+                for field, message in exc.errors.items():
+                    target = getattr(form, field, None)
+                    if target is not None:
+                        target.errors = [*target.errors, message]
+                    else:
+                        flash(message, "danger")
+            else:
+                flash("Payment method added.", "success")
+                return self._back(tenant)
+        return self._render(tenant, bank_form=form, status=400)
+
+    @expose("/methods/<pk>/default", methods=["POST"])
+    @has_access
+    def make_default(self, pk):
+        tenant = page_tenant(required=True)
+        payment_methods.set_default(Actor.for_user(g.user), tenant, int(pk))
+        flash("Default payment method changed.", "success")
+        return self._back(tenant)
+
+    @expose("/methods/<pk>/remove", methods=["POST"])
+    @has_access
+    def remove_method(self, pk):
+        tenant = page_tenant(required=True)
+        try:
+            payment_methods.remove(Actor.for_user(g.user), tenant, int(pk))
+        except ValidationFailed as exc:
+            flash("; ".join(exc.errors.values()), "danger")
+        else:
+            flash("Payment method removed.", "success")
+        return self._back(tenant)
 
     @expose("/returned")
     @has_access

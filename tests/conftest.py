@@ -162,10 +162,15 @@ class World:
             ACTOR, self.a, plans["enterprise"], "period_end", "we need a contract")
         self.b_request = plan_services.request_plan_change(
             ACTOR, self.b, plans["professional"], "period_end", "we need more tokens")
+        from invoices.payment_methods import add_bank_method
+
+        bank = {"routing_number": "011000015", "account_number": "000123456789"}
+        self.a_method = add_bank_method(ACTOR, self.a, "ach", bank)
+        self.b_method = add_bank_method(ACTOR, self.b, "ach", bank)
         self.ids = {
             name: getattr(self, name).id
             for name in ("a", "b", "a_admin", "a_billing", "b_admin", "b_billing", "platform",
-                         "a_sub", "b_sub", "a_request", "b_request")
+                         "a_sub", "b_sub", "a_request", "b_request", "a_method", "b_method")
         }
 
 

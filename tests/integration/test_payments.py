@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from invoices import ledger, payments
 from invoices.models import CreditPurchase, LedgerEntry, PaymentMethod, StripeEvent
-from portal.audit import Actor
+from portal.audit import Actor, AuditEvent
 from portal.errors import ValidationFailed
 from portal.extensions import db
 from tenants.models import Tenant
@@ -89,7 +89,7 @@ def test_completed_checkout_books_a_topup_and_mirrors_the_card(app, world, stub,
     tenant = _tenant(app, world)
     with app.app_context():
         assert ledger.balance_minor(tenant) == 25_000
-        (card,) = payments.list_payment_methods(tenant)
+        (card,) = [m for m in payments.list_payment_methods(tenant) if m.kind == "card"]
         assert (card.brand, card.last4, card.exp_month, card.exp_year) == ("mastercard", "4444",
                                                                           7, 2031)
         (purchase,) = payments.list_purchases(tenant)
@@ -101,7 +101,7 @@ def test_setup_checkout_saves_the_card(app, world, stub, client):
     start = _checkout(app, world, mode="setup", amount=None)
     response = _deliver(client, stub.complete_checkout(start.session_id))
     assert response.get_json()["outcome"] == "card saved"
-    assert _counts(app, world.ids["a"]) == (0, 0, 1)
+    assert _counts(app, world.ids["a"]) == (0, 0, 2)  # the world's ACH account and the card
 
 
 def test_every_event_replayed_ten_times_books_once(app, world, stub, client):
@@ -113,7 +113,7 @@ def test_every_event_replayed_ten_times_books_once(app, world, stub, client):
     for event in (paid, refund, failed):
         outcomes = [_deliver(client, event).get_json()["outcome"] for _ in range(10)]
         assert outcomes[1:] == ["duplicate"] * 9
-    assert _counts(app, world.ids["a"]) == (2, 3, 1)
+    assert _counts(app, world.ids["a"]) == (2, 3, 2)
     with app.app_context():
         assert ledger.balance_minor(_tenant(app, world)) == 20_000
     with app.app_context(), unscoped():
@@ -151,7 +151,7 @@ def test_a_bad_signature_is_refused_and_books_nothing(app, world, stub, client, 
     response = client.post("/webhooks/stripe", data=payload, headers=headers)
     assert response.status_code == 400
     assert response.get_json()["error"]["code"] == "invalid_signature"
-    assert _counts(app, world.ids["a"]) == (0, 0, 0)
+    assert _counts(app, world.ids["a"]) == (0, 0, 1)  # only the world's ACH account
     with app.app_context(), unscoped():
         assert db.session.scalar(select(func.count(StripeEvent.id))) == 0
 
@@ -201,3 +201,59 @@ def test_payments_page_is_scoped_to_the_tenant(app, world, stub, client, login):
     assert "$250.00" in page_text(login("alpha-admin").get("/billing/payments/"))
     assert re.search(r"Visa •••• 4242", page_text(login("alpha-admin").get(
         "/billing/payments/")))
+
+
+def test_ach_is_checked_and_stored_masked(app, world, login):
+    user = login("alpha-billing")
+    bad = user.post("/billing/payments/methods/add", data={
+        "kind": "ach", "routing_number": "123456789", "account_number": "12"})
+    assert bad.status_code == 400
+    text = page_text(bad)
+    assert "not a valid ABA routing number" in text and "enter 4-17 digits" in text
+    ok = user.post("/billing/payments/methods/add", data={
+        "kind": "ach", "routing_number": "021000021", "account_number": "9876543210"})
+    assert ok.status_code == 302
+    with app.app_context():
+        methods = payments.list_payment_methods(_tenant(app, world))
+    assert [m.last4 for m in methods if m.kind == "ach"] == ["6789", "3210"]  # world's first
+    with app.app_context(), unscoped():
+        stored = " ".join(str(v) for m in db.session.scalars(select(PaymentMethod))
+                          for v in vars(m).values())
+    assert "9876543210" not in stored and "021000021" not in stored
+
+
+def test_invoice_and_wire_are_for_enterprise_only(app, world, login):
+    alpha = login("alpha-admin")  # Professional
+    refused = alpha.post("/billing/payments/methods/add", data={"kind": "invoice"})
+    assert refused.status_code == 400 and "for Enterprise plans" in page_text(refused)
+    operator = login("operator")
+    with app.app_context(), unscoped():
+        from plans import services
+
+        enterprise = next(p for p in services.list_plans() if p.code == "enterprise")
+        services.change_plan(ACTOR, db.session.get(Tenant, world.ids["a"]), enterprise,
+                             "immediately", custom_base_price_minor=300_000)
+    assert alpha.post("/billing/payments/methods/add", data={"kind": "wire"}).status_code == 302
+    again = alpha.post("/billing/payments/methods/add", data={"kind": "wire"})
+    assert again.status_code == 400 and "already has" in page_text(again)
+    assert operator.get("/billing/payments/?tenant=alpha").status_code == 200
+
+
+def test_one_default_which_cannot_be_removed_while_others_exist(app, world, login):
+    user = login("alpha-admin")
+    user.post("/billing/payments/methods/add", data={
+        "kind": "ach", "routing_number": "021000021", "account_number": "9876543210"})
+    with app.app_context():
+        first, second = payments.list_payment_methods(_tenant(app, world))
+    assert first.is_default and not second.is_default
+    refused = user.post(f"/billing/payments/methods/{first.id}/remove", follow_redirects=True)
+    assert "make another method the default first" in page_text(refused)
+    user.post(f"/billing/payments/methods/{second.id}/default")
+    assert user.post(f"/billing/payments/methods/{first.id}/remove").status_code == 302
+    with app.app_context():
+        (left,) = payments.list_payment_methods(_tenant(app, world))
+    assert left.id == second.id and left.is_default
+    with app.app_context(), unscoped():
+        actions = set(db.session.scalars(select(AuditEvent.action).where(
+            AuditEvent.action.like("payment_method.%"))))
+    assert {"payment_method.add", "payment_method.default", "payment_method.remove"} <= actions
