@@ -187,7 +187,8 @@ def _clean(index: int, raw: Any, zone: ZoneInfo, latest: dt.datetime,
             failed.append(("properties", "must be an object"))
         else:
             try:
-                encoded = json.dumps(properties, sort_keys=True, default=str)
+                encoded = json.dumps(properties, sort_keys=True, separators=(",", ":"),
+                                     default=str)
             except (TypeError, ValueError):
                 failed.append(("properties", "must be JSON"))
             else:
@@ -247,8 +248,7 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     dialect = db.session.get_bind().dialect.name
     try:
         with tenant_scope(tenant):
-            lock_tenant(tenant.id)
-            stored = _stored_ids(tenant.id, list(seen), dialect)
+            stored = _lock_and_find_stored(tenant.id, list(seen), dialect)
             new = [e for key, e in seen.items() if key not in stored]
             if new:
                 _write_events(tenant.id, new, dialect)
@@ -263,10 +263,12 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     return result
 
 
-def _stored_ids(tenant_id: int, ids: list[str], dialect: str) -> set[str]:
-    """Which of ``ids`` the tenant already stored. One parameter carries the whole
-    list (an array on PostgreSQL, a JSON array on SQLite), so the statement is the
-    same for every batch instead of an IN list with a thousand parameters."""
+def _lock_and_find_stored(tenant_id: int, ids: list[str], dialect: str) -> set[str]:
+    """Take the tenant's lock, then say which of ``ids`` the tenant already stored.
+    One parameter carries the whole list (an array on PostgreSQL, a JSON array on
+    SQLite), so the statement is the same for every batch instead of an IN list with
+    a thousand parameters."""
+    lock_tenant(tenant_id)
     cursor = db.session.connection().connection.driver_connection.cursor()
     try:
         if dialect == "postgresql":
@@ -313,8 +315,8 @@ ROLLUP_COLUMNS = ("tenant_id", "day", "metric", "service", "user_ref", "quantity
 
 def _upsert_rollups(tenant_id: int, events: list[CleanEvent], dialect: str) -> None:
     """Add the batch to its daily rollups: sums for summed metrics, the maximum for
-    peak metrics. Keys are written in sorted order so that concurrent batches of
-    different tenants never wait on each other in a cycle."""
+    peak metrics. The caller holds the tenant's lock, and rollup rows belong to one
+    tenant, so no other batch writes these rows meanwhile."""
     deltas: dict[tuple, list[int]] = {}
     for e in events:
         key = (e.day, e.metric, e.service, e.user_ref)
@@ -328,7 +330,7 @@ def _upsert_rollups(tenant_id: int, events: list[CleanEvent], dialect: str) -> N
             qty_count[0] += e.quantity_micro
             qty_count[1] += 1
     peak_list = ", ".join(f"'{m}'" for m in sorted(PEAK_METRICS))
-    keys = sorted(deltas.items())
+    keys = list(deltas.items())
     conflict = (
         "ON CONFLICT (tenant_id, day, metric, service, user_ref) DO UPDATE SET "
         f"quantity_micro = CASE WHEN usage_rollup.metric IN ({peak_list}) "
