@@ -37,6 +37,7 @@ class Config:
     FAB_ADD_SECURITY_API = False
     FAB_API_SWAGGER_UI = False
     FAB_INDEX_VIEW = "portal.views.HomeView"
+    FAB_BASE_TEMPLATE = "billfold/baselayout.html"  # page titles name the page
     RATELIMIT_ENABLED = True
     RATELIMIT_STORAGE_URI = "memory://"
     AUTH_RATE_LIMITED = True
