@@ -8,6 +8,7 @@ the environment).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -277,7 +278,13 @@ def list_payment_methods(tenant: Tenant) -> list[PaymentMethod]:
             PaymentMethod.is_default.desc(), PaymentMethod.id)))
 
 
-def list_purchases(tenant: Tenant) -> list[CreditPurchase]:
+def list_purchases(tenant: Tenant, start: dt.datetime | None = None,
+                   end: dt.datetime | None = None) -> list[CreditPurchase]:
+    """Credit purchases and refunds newest first, optionally within [start, end)."""
+    stmt = select(CreditPurchase).order_by(CreditPurchase.id.desc())
+    if start is not None:
+        stmt = stmt.where(CreditPurchase.created_at >= start)
+    if end is not None:
+        stmt = stmt.where(CreditPurchase.created_at < end)
     with tenant_scope(tenant):
-        return list(db.session.scalars(select(CreditPurchase).order_by(
-            CreditPurchase.id.desc())))
+        return list(db.session.scalars(stmt))

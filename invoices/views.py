@@ -208,15 +208,19 @@ class PaymentsView(BaseView):
     class_permission_name = RESOURCE_PAYMENTS
     method_permission_name = {"index": "read", "add_card": "write", "buy_credit": "write",
                               "returned": "read", "add_bank": "write", "make_default": "write",
-                              "remove_method": "write"}
+                              "remove_method": "write", "purchases_csv": "read"}
     object_model = PaymentMethod
 
     def _render(self, tenant, form=None, status=200, bank_form=None):
         from invoices import payments
 
+        where, shown, errors = _filters(tenant)
+        for message in errors:
+            flash(message, "danger")
         return self.render_template(
             "invoices/payments.html", tenant=tenant, methods=payments.list_payment_methods(tenant),
-            purchases=payments.list_purchases(tenant), form=form or BuyCreditForm(formdata=None),
+            purchases=payments.list_purchases(tenant, where.start, where.end), shown=shown,
+            form=form or BuyCreditForm(formdata=None),
             bank_form=bank_form or BankMethodForm(formdata=None),
             balance=ledger.balance(tenant), is_platform=g.user.tenant_id is None,
             configured=bool(current_app.config.get("STRIPE_SECRET_KEY")),
@@ -266,6 +270,30 @@ class PaymentsView(BaseView):
             except (InvalidOperation, ValueError):
                 form.amount.errors = ["enter an amount such as 100.00"]
         return self._render(tenant, form, 400)
+
+    @expose("/purchases.csv")
+    @has_access
+    def purchases_csv(self):
+        from invoices import payments
+
+        tenant = page_tenant(required=g.user.tenant_id is None)
+        where, shown, errors = _filters(tenant)
+        if errors:
+            return Response("; ".join(errors) + "\n", status=400, mimetype="text/plain")
+        zone = tenant.timezone
+        rows = ([p.id, local_datetime(p.created_at, zone), p.kind,
+                 p.payment_method_label or "", Money.from_minor(p.amount_minor, p.currency).amount,
+                 p.currency, p.status, p.receipt_url or "", p.failure_message or ""]
+                for p in payments.list_purchases(tenant, where.start, where.end))
+        preamble = [f"Billfold credit purchases of {tenant.name} ({tenant.slug})",
+                    f"Times and the date range are in {zone}; amounts in {tenant.currency}",
+                    f"Range: {shown['from'] or 'start'} to {shown['to'] or 'now'}"]
+        header = ["id", "date", "type", "payment_method", "amount", "currency", "status",
+                  "receipt_url", "failure"]
+        return Response(stream_with_context(stream_csv(header, rows, preamble)),
+                        mimetype="text/csv", headers={
+                            "Content-Disposition":
+                            f'attachment; filename="purchases-{tenant.slug}.csv"'})
 
     def _back(self, tenant):
         return redirect(url_for("PaymentsView.index",

@@ -257,3 +257,20 @@ def test_one_default_which_cannot_be_removed_while_others_exist(app, world, logi
         actions = set(db.session.scalars(select(AuditEvent.action).where(
             AuditEvent.action.like("payment_method.%"))))
     assert {"payment_method.add", "payment_method.default", "payment_method.remove"} <= actions
+
+
+def test_purchase_history_csv_and_date_range(app, world, stub, client, login):
+    start = _checkout(app, world)
+    _deliver(client, stub.complete_checkout(start.session_id))
+    user = login("alpha-billing")
+    body = user.get("/billing/payments/purchases.csv").get_data(as_text=True)
+    lines = [line for line in body.splitlines() if not line.startswith("#")]
+    assert lines[0].startswith("id,date,type,payment_method,amount")
+    assert ",purchase,Visa •••• 4242,250.00,USD,succeeded," in lines[1]
+    assert "UTC" in body.splitlines()[1]
+    empty = user.get("/billing/payments/purchases.csv?from=2020-01-01&to=2020-01-31")
+    assert len([r for r in empty.get_data(as_text=True).splitlines()
+                if not r.startswith("#")]) == 1  # the header alone
+    old = user.get("/billing/payments/?from=2020-01-01&to=2020-01-31")
+    assert "No purchases yet" in page_text(old)
+    assert user.get("/billing/payments/purchases.csv?from=soon").status_code == 400
