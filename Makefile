@@ -9,8 +9,11 @@ BIN := $(VENV)/bin
 FLASK := $(BIN)/flask --app portal
 # What WeasyPrint (invoice and receipt PDFs) and the PDF tests need from Debian.
 APT_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core poppler-utils
+# Debian's Chromium, which the browser tests (tests/e2e) drive through Playwright.
+# Never `playwright install`: the tests use this browser and download none.
+CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test venv system-deps migrate lint bench clean
+.PHONY: run test venv system-deps e2e-deps migrate lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -35,6 +38,19 @@ system-deps:
 	  fi; \
 	fi
 
+# Chromium for the e2e tests: installed as root through apt-get when missing; otherwise
+# the suite still runs and the e2e tests are skipped, saying why.
+e2e-deps:
+	@if [ -x $(CHROMIUM) ]; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  echo "Installing chromium for the e2e browser tests"; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+	    || echo "Could not install chromium: the e2e browser tests (tests/e2e) are skipped."; \
+	else \
+	  echo "Chromium is not installed ($(CHROMIUM)): the e2e browser tests (tests/e2e) are skipped."; \
+	  echo "To run them: sudo apt-get install -y chromium"; \
+	fi
+
 migrate: venv
 	$(FLASK) db upgrade
 	$(FLASK) billfold init
@@ -44,8 +60,9 @@ run: venv system-deps migrate
 	@echo "Billfold on http://$(HOST):$(PORT)  (demo logins in README.md)"
 	$(FLASK) run --host $(HOST) --port $(PORT)
 
-test: venv system-deps
+test: venv system-deps e2e-deps
 	$(BIN)/python -m pytest
+	@[ -x $(CHROMIUM) ] || echo "The e2e browser tests (tests/e2e) were skipped: Chromium is not installed ($(CHROMIUM))."
 
 bench: venv
 	$(BIN)/python bench/run_all.py
