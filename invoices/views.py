@@ -29,10 +29,10 @@ from invoices.models import ENTRY_SIGNS, PaymentMethod
 from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_PAYMENTS, RESOURCE_TRANSACTIONS
 from plans.periods import local_range
 from portal.audit import Actor
-from portal.errors import ValidationFailed
+from portal.errors import ValidationFailed, attach_errors
 from portal.formatting import local_datetime
 from portal.money import Money
-from portal.tenancy import all_tenants, page_tenant
+from portal.tenancy import page_tenant, tenant_picker
 
 
 def _filters(tenant) -> tuple[ledger.EntryFilter, dict, list[str]]:
@@ -82,9 +82,7 @@ class TransactionsView(BaseView):
     def index(self):
         tenant = page_tenant()
         if tenant is None:
-            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
-                                        title="Transactions",
-                                        endpoint="TransactionsView.index")
+            return tenant_picker(self, "Transactions")
         where, shown, errors = _filters(tenant)
         for message in errors:
             flash(message, "danger")
@@ -148,9 +146,7 @@ class LedgerAdminView(BaseView):
     def index(self):
         tenant = page_tenant()
         if tenant is None:
-            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
-                                        title="Ledger correction",
-                                        endpoint="LedgerAdminView.index")
+            return tenant_picker(self, "Ledger correction")
         form = LedgerForm()
         status = 200
         if request.method == "POST":
@@ -170,13 +166,7 @@ class LedgerAdminView(BaseView):
                             ledger.grant_credit(actor, tenant, form.kind.data, amount,
                                                 form.reason.data)
                     except ValidationFailed as exc:
-                        for field, message in exc.errors.items():
-                            target = {"type": form.kind, "description": form.reason}.get(
-                                field, getattr(form, field, None))
-                            if target is not None:
-                                target.errors = [*target.errors, message]
-                            else:
-                                flash(message, "danger")
+                        attach_errors(form, exc, {"type": "kind", "description": "reason"})
                     else:
                         flash(f"Booked for {tenant.name}.", "success")
                         return redirect(url_for("TransactionsView.index", tenant=tenant.slug))
@@ -231,8 +221,7 @@ class PaymentsView(BaseView):
     def index(self):
         tenant = page_tenant()
         if tenant is None:
-            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
-                                        title="Payments", endpoint="PaymentsView.index")
+            return tenant_picker(self, "Payments")
         return self._render(tenant)
 
     def _checkout(self, tenant, mode, amount_minor=None):
@@ -309,12 +298,7 @@ class PaymentsView(BaseView):
                 payment_methods.add_bank_method(Actor.for_user(g.user), tenant, form.kind.data,
                                                 form.data)
             except ValidationFailed as exc:
-                for field, message in exc.errors.items():
-                    target = getattr(form, field, None)
-                    if target is not None:
-                        target.errors = [*target.errors, message]
-                    else:
-                        flash(message, "danger")
+                attach_errors(form, exc)
             else:
                 flash("Payment method added.", "success")
                 return self._back(tenant)

@@ -22,22 +22,13 @@ from plans.models import Plan, PlanChangeRequest
 from plans.periods import period_from_label
 from plans.usage import usage_summary
 from portal.audit import Actor
-from portal.errors import ValidationFailed
+from portal.errors import ValidationFailed, attach_errors
 from portal.money import Money
-from portal.tenancy import all_tenants, page_tenant
+from portal.tenancy import page_tenant, tenant_picker
 
 
 def _actor() -> Actor:
     return Actor.for_user(g.user)
-
-
-def _attach(form, exc: ValidationFailed) -> None:
-    for name, message in exc.errors.items():
-        target = getattr(form, name, None)
-        if target is not None and hasattr(target, "errors"):
-            target.errors = [*target.errors, message]
-        else:
-            flash(message, "danger")
 
 
 def _custom_price_minor(text: str | None, currency: str = "USD") -> int | None:
@@ -60,8 +51,7 @@ class UsageView(BaseView):
     def index(self):
         tenant = page_tenant()
         if tenant is None:
-            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
-                                        title="Usage", endpoint="UsageView.index")
+            return tenant_picker(self, "Usage")
         period = None
         if request.args.get("period"):
             try:
@@ -107,8 +97,7 @@ class PlanView(BaseView):
     def index(self):
         tenant = page_tenant()
         if tenant is None:
-            return self.render_template("plans/pick_tenant.html", tenants=all_tenants(),
-                                        title="Plan", endpoint="PlanView.index")
+            return tenant_picker(self, "Plan")
         return self._render(tenant)
 
     @expose("/request", methods=["POST"])
@@ -123,7 +112,7 @@ class PlanView(BaseView):
                     _actor(), tenant, services.get_plan(int(form.plan.data)),
                     form.timing.data, form.reason.data)
             except ValidationFailed as exc:
-                _attach(form, exc)
+                attach_errors(form, exc)
             else:
                 flash("Your request was sent to the platform team.", "success")
                 return redirect(url_for("PlanView.index"))
@@ -154,7 +143,7 @@ class PlanView(BaseView):
                     custom_base_price_minor=_custom_price_minor(form.custom_price.data,
                                                                 tenant.currency))
             except ValidationFailed as exc:
-                _attach(form, exc)
+                attach_errors(form, exc)
             else:
                 flash(f"{tenant.name}'s plan was changed.", "success")
                 return redirect(url_for("PlanView.index", tenant=tenant.slug))
@@ -228,7 +217,7 @@ class PlanCatalogView(BaseView):
                 try:
                     version = services.update_plan_terms(_actor(), plan, form.data)
                 except ValidationFailed as exc:
-                    _attach(form, exc)
+                    attach_errors(form, exc)
                 else:
                     flash(f"{plan.name} saved as version {version.version}.", "success")
                     return redirect(url_for("PlanCatalogView.index"))

@@ -16,6 +16,19 @@ class ValidationFailed(ValueError):
         super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
 
 
+def attach_errors(form, exc: ValidationFailed, aliases: dict[str, str] | None = None) -> None:
+    """Put each message of ``exc`` on its form field (``aliases`` maps a service's field
+    name to the form's); a message without a field is flashed."""
+    from flask import flash
+
+    for name, message in exc.errors.items():
+        field = getattr(form, (aliases or {}).get(name, name), None)
+        if field is not None and hasattr(field, "errors"):
+            field.errors = [*field.errors, message]
+        else:
+            flash(message, "danger")
+
+
 class NotFoundError(LookupError):
     """The object does not exist in the caller's scope (another tenant's looks the same)."""
 

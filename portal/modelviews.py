@@ -15,7 +15,7 @@ from flask_appbuilder import ModelView, expose
 from flask_appbuilder.urltools import get_order_args, get_page_args, get_page_size_args
 
 from portal.audit import Actor
-from portal.errors import ValidationFailed
+from portal.errors import ValidationFailed, attach_errors
 from portal.extensions import db
 
 # Deleting is not a write: billing records are suspended or deactivated, never
@@ -81,12 +81,7 @@ class ServiceModelView(BillfoldModelView):
 
     def _show_errors(self, form, exc: ValidationFailed) -> None:
         db.session.rollback()
-        for field, message in exc.errors.items():
-            name = self.form_field_aliases.get(field, field)
-            if name in form._fields:
-                form._fields[name].errors = [*form._fields[name].errors, message]
-            else:
-                flash(message, "danger")
+        attach_errors(form, exc, self.form_field_aliases)
 
     def _add(self):
         form = self.add_form.refresh()

@@ -33,3 +33,8 @@ def page_tenant(required: bool = False) -> Tenant | None:
 def all_tenants() -> list[Tenant]:
     """Every tenant, for a Platform Admin's tenant picker."""
     return list(db.session.scalars(select(Tenant).order_by(Tenant.name)))
+
+
+def tenant_picker(view, title: str):
+    """The page a Platform Admin sees before choosing which tenant ``view`` shows."""
+    return view.render_template("plans/pick_tenant.html", tenants=all_tenants(), title=title)
