@@ -60,6 +60,24 @@ def _filters(tenant) -> tuple[ledger.EntryFilter, dict, list[str]]:
     return ledger.EntryFilter(types, start, end), shown, errors
 
 
+def _csv_export(what: str, header: list[str], rows) -> Response:
+    """A streamed CSV of the page's tenant, filtered by the query string's type and
+    date range; its preamble names the tenant, the time zone and the filters."""
+    tenant = page_tenant(required=g.user.tenant_id is None)
+    where, shown, errors = _filters(tenant)
+    if errors:
+        return Response("; ".join(errors) + "\n", status=400, mimetype="text/plain")
+    preamble = [f"Billfold {what} of {tenant.name} ({tenant.slug})",
+                f"Times and the date range are in {tenant.timezone}; "
+                f"amounts in {tenant.currency}",
+                f"Range: {shown['from'] or 'start'} to {shown['to'] or 'now'}; "
+                f"types: {', '.join(shown['type']) or 'all'}"]
+    filename = f"{what.replace(' ', '-')}-{tenant.slug}-{dt.date.today():%Y%m%d}.csv"
+    return Response(stream_with_context(stream_csv(header, rows(tenant, where), preamble)),
+                    mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+
+
 def _cursor() -> int | None:
     raw = request.args.get("before", "").strip()
     if not raw:
@@ -96,30 +114,17 @@ class TransactionsView(BaseView):
     @expose("/transactions.csv")
     @has_access
     def export(self):
-        tenant = page_tenant(required=g.user.tenant_id is None)
-        where, shown, errors = _filters(tenant)
-        if errors:
-            return Response("; ".join(errors) + "\n", status=400, mimetype="text/plain")
-        zone = tenant.timezone
-        preamble = [f"Billfold transactions of {tenant.name} ({tenant.slug})",
-                    f"Times and the date range are in {zone}; amounts in {tenant.currency}",
-                    f"Range: {shown['from'] or 'start'} to {shown['to'] or 'now'}; "
-                    f"types: {', '.join(shown['type']) or 'all'}"]
-        header = ["id", "date", "type", "amount", "currency", "balance_after", "description",
-                  "source", "ref_id"]
-
-        def rows():
+        def rows(tenant, where):
             for e in ledger.iter_entries(tenant, where):
                 # Amounts stay Decimal: a negative number is data, not a formula.
-                yield [e.id, local_datetime(e.created_at, zone), e.type,
+                yield [e.id, local_datetime(e.created_at, tenant.timezone), e.type,
                        Money.from_minor(e.amount_minor, e.currency).amount, e.currency,
                        Money.from_minor(e.balance_after_minor, e.currency).amount,
                        e.description, e.source, e.ref_id or ""]
 
-        filename = f"transactions-{tenant.slug}-{dt.date.today():%Y%m%d}.csv"
-        return Response(stream_with_context(stream_csv(header, rows(), preamble)),
-                        mimetype="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        return _csv_export("transactions", ["id", "date", "type", "amount", "currency",
+                                            "balance_after", "description", "source", "ref_id"],
+                           rows)
 
 
 class LedgerForm(FlaskForm):
@@ -265,24 +270,16 @@ class PaymentsView(BaseView):
     def purchases_csv(self):
         from invoices import payments
 
-        tenant = page_tenant(required=g.user.tenant_id is None)
-        where, shown, errors = _filters(tenant)
-        if errors:
-            return Response("; ".join(errors) + "\n", status=400, mimetype="text/plain")
-        zone = tenant.timezone
-        rows = ([p.id, local_datetime(p.created_at, zone), p.kind,
-                 p.payment_method_label or "", Money.from_minor(p.amount_minor, p.currency).amount,
-                 p.currency, p.status, p.receipt_url or "", p.failure_message or ""]
-                for p in payments.list_purchases(tenant, where.start, where.end))
-        preamble = [f"Billfold credit purchases of {tenant.name} ({tenant.slug})",
-                    f"Times and the date range are in {zone}; amounts in {tenant.currency}",
-                    f"Range: {shown['from'] or 'start'} to {shown['to'] or 'now'}"]
-        header = ["id", "date", "type", "payment_method", "amount", "currency", "status",
-                  "receipt_url", "failure"]
-        return Response(stream_with_context(stream_csv(header, rows, preamble)),
-                        mimetype="text/csv", headers={
-                            "Content-Disposition":
-                            f'attachment; filename="purchases-{tenant.slug}.csv"'})
+        def rows(tenant, where):
+            for p in payments.list_purchases(tenant, where.start, where.end):
+                yield [p.id, local_datetime(p.created_at, tenant.timezone), p.kind,
+                       p.payment_method_label or "",
+                       Money.from_minor(p.amount_minor, p.currency).amount, p.currency,
+                       p.status, p.receipt_url or "", p.failure_message or ""]
+
+        return _csv_export("credit purchases", ["id", "date", "type", "payment_method",
+                                                "amount", "currency", "status", "receipt_url",
+                                                "failure"], rows)
 
     def _back(self, tenant):
         return redirect(url_for("PaymentsView.index",
