@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
+from invoices import auto_recharge
 from invoices.models import ENTRY_SIGNS, SOURCES, LedgerEntry
 from portal import audit
 from portal.audit import Actor
@@ -89,6 +90,7 @@ def post_entry(tenant: Tenant, actor: Actor, entry_type: str, amount_minor: int,
             entry.created_at = at
         db.session.add(entry)
         db.session.flush()
+        auto_recharge.after_entry(tenant, entry)
         if commit:
             db.session.commit()
         return entry

@@ -97,6 +97,15 @@ class BillingAccount(TenantScoped, Model):
     created_at: Mapped[dt.datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+    # Auto-recharge: when a debit takes the balance under the threshold, the default
+    # card is charged the amount, once per dip: ``auto_recharge_armed`` is cleared by
+    # the charge and set again once the balance is back at or over the threshold.
+    auto_recharge_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                                        default=False, server_default="0")
+    auto_recharge_threshold_minor: Mapped[int | None] = mapped_column(BigInteger)
+    auto_recharge_amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    auto_recharge_armed: Mapped[bool] = mapped_column(Boolean, nullable=False,
+                                                      default=True, server_default="1")
 
 
 class PaymentMethod(TenantScoped, Model):
@@ -156,6 +165,38 @@ class CreditPurchase(TenantScoped, Model):
     payment_method_label: Mapped[str | None] = mapped_column(String(128))
     receipt_url: Mapped[str | None] = mapped_column(Text)
     failure_message: Mapped[str | None] = mapped_column(Text)
+
+
+class AutoRecharge(TenantScoped, Model):
+    """One off-session charge of the default card, made because a debit took the
+    balance under the tenant's threshold. ``pending`` until the job submits it to
+    Stripe, ``submitted`` until the webhook books the credit, then ``succeeded``;
+    ``failed`` when the card was declined or no card could be charged."""
+
+    __tablename__ = "auto_recharge"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'submitted', 'succeeded', 'failed')",
+                        name="ck_auto_recharge_status"),
+        CheckConstraint("amount_minor > 0", name="ck_auto_recharge_amount"),
+        # The ledger entry whose debit crossed the threshold triggers one charge.
+        UniqueConstraint("tenant_id", "trigger_entry_id", name="uq_auto_recharge_trigger"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    trigger_entry_id: Mapped[int] = mapped_column(ForeignKey("ledger_entry.id"), nullable=False)
+    balance_at_trigger_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    failure_message: Mapped[str | None] = mapped_column(Text)
+    notified_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now(), onupdate=func.now()
+    )
 
 
 class StripeEvent(Model):

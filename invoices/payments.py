@@ -18,12 +18,13 @@ from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from invoices import ledger
+from invoices import auto_recharge, ledger
 from invoices.models import BillingAccount, CreditPurchase, PaymentMethod, StripeEvent
 from portal import audit
 from portal.audit import Actor
-from portal.errors import ValidationFailed
+from portal.errors import NotFoundError, ValidationFailed
 from portal.extensions import db
+from portal.money import Money
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope, unscoped
 from tenants.services import lock_tenant
@@ -223,29 +224,114 @@ def _on_checkout_completed(tenant: Tenant, session: dict[str, Any]) -> str:
 
 
 def _on_charge_refunded(tenant: Tenant, charge: dict[str, Any]) -> str:
+    """Book each refund of the charge by its own id. Current API versions leave the
+    ``refunds`` list out of the charge: then the charge's refunds are listed."""
+    refunds = (charge.get("refunds") or {}).get("data")
+    if refunds is None:
+        refunds = [r.to_dict() for r in client().v1.refunds.list(
+            params={"charge": charge["id"], "limit": 100}).auto_paging_iter()]
     booked = 0
-    for refund in (charge.get("refunds") or {}).get("data", []) or [
-        {"id": f"{charge['id']}-refund", "amount": charge.get("amount_refunded", 0)}
-    ]:
+    for refund in refunds:
+        if refund.get("status") in ("failed", "canceled"):
+            continue
         amount = int(refund.get("amount") or 0)
         if amount <= 0:
             continue
-        ledger.post_entry(tenant, WEBHOOK_ACTOR, "refund", -amount,
-                          f"Refund of Stripe charge {charge['id']}", source="stripe_webhook",
-                          ref_id=refund["id"], commit=False)
-        _purchase_row(tenant, "refund", "succeeded", amount, refund["id"], charge=charge,
-                      label=_card_label({"card": (charge.get("payment_method_details") or {})
-                                         .get("card")}))
+        _book_refund(tenant, WEBHOOK_ACTOR, charge, refund["id"], amount, "stripe_webhook")
         booked += 1
     return f"{booked} refund(s) booked"
 
 
+def _book_refund(tenant: Tenant, actor: Actor, charge: dict[str, Any], refund_id: str,
+                 amount: int, source: str) -> None:
+    """The refunded credit leaves the ledger and the refund joins the purchase
+    history, each once per Stripe refund id (the webhook and the Platform Admin's
+    refund both arrive here)."""
+    ledger.post_entry(tenant, actor, "refund", -amount,
+                      f"Refund of Stripe charge {charge['id']}", source=source,
+                      ref_id=refund_id, commit=False)
+    _purchase_row(tenant, "refund", "succeeded", amount, refund_id, charge=charge,
+                  label=_card_label({"card": (charge.get("payment_method_details") or {})
+                                     .get("card")}))
+
+
+def refundable_minor(tenant: Tenant, purchase: CreditPurchase) -> int:
+    """What is left to refund of a succeeded card purchase."""
+    if purchase.kind != "purchase" or purchase.status != "succeeded" \
+            or not purchase.stripe_charge_id:
+        return 0
+    with tenant_scope(tenant):
+        refunded = sum(db.session.scalars(select(CreditPurchase.amount_minor).where(
+            CreditPurchase.kind == "refund",
+            CreditPurchase.stripe_charge_id == purchase.stripe_charge_id)))
+    return max(0, purchase.amount_minor - refunded)
+
+
+def get_purchase(tenant: Tenant, purchase_id: int) -> CreditPurchase:
+    with tenant_scope(tenant):
+        purchase = db.session.get(CreditPurchase, purchase_id)
+    if purchase is None or purchase.tenant_id != tenant.id:
+        raise NotFoundError("no such purchase")
+    return purchase
+
+
+def refund_purchase(actor: Actor, tenant: Tenant, purchase_id: int, amount_minor: int | None,
+                    reason: str, request_key: str) -> CreditPurchase:
+    """A Platform Admin refunds (part of) a card purchase through Stripe. The refund
+    is booked at once (ledger ``refund`` row and purchase history); the webhook that
+    follows finds it booked. ``request_key`` is the form's one-time key: a form
+    submitted twice refunds once. Refuses more than is left to refund, and more than
+    the tenant's balance (credit already spent cannot be handed back)."""
+    purchase = get_purchase(tenant, purchase_id)
+    left = refundable_minor(tenant, purchase)
+    errors = {}
+    reason = (reason or "").strip()
+    if left == 0:
+        errors["purchase"] = "this purchase has nothing left to refund"
+    elif amount_minor is None:
+        amount_minor = left
+    if not errors and not 0 < amount_minor <= left:
+        errors["amount"] = f"refund between 0.01 and {Money.from_minor(left, purchase.currency)}"
+    if len(reason) < 5:
+        errors["reason"] = "say why, in a few words"
+    if not errors and amount_minor > ledger.balance_minor(tenant):
+        errors["amount"] = ("the tenant's balance is smaller than the refund: the credit has "
+                            "been spent; correct the ledger instead")
+    if errors:
+        raise ValidationFailed(errors)
+    refund = client().v1.refunds.create(
+        params={"charge": purchase.stripe_charge_id, "amount": amount_minor,
+                "reason": "requested_by_customer",
+                "metadata": {"tenant": tenant.slug, "reason": reason[:500],
+                             "refunded_by": actor.label}},
+        options={"idempotency_key": f"billfold-refund-{tenant.slug}-{purchase.id}-{request_key}"},
+    )
+    charge = client().v1.charges.retrieve(purchase.stripe_charge_id).to_dict()
+    with tenant_scope(tenant):
+        _book_refund(tenant, actor, charge, refund.id, int(refund.amount), "admin_correction")
+        audit.record("payment.refund", purchase, actor, tenant_id=tenant.id,
+                     after={"refund": refund.id, "amount_minor": int(refund.amount),
+                            "reason": reason})
+        db.session.commit()
+    return purchase
+
+
 def _on_payment_failed(tenant: Tenant, intent: dict[str, Any]) -> str:
     error = intent.get("last_payment_error") or {}
+    message = error.get("message") or "the payment failed"
     _purchase_row(tenant, "purchase", "failed", int(intent.get("amount") or 0), intent["id"],
-                  label=_card_label(error.get("payment_method")),
-                  failure=error.get("message") or "the payment failed")
+                  label=_card_label(error.get("payment_method")), failure=message)
+    if (intent.get("metadata") or {}).get("purpose") == auto_recharge.PURPOSE:
+        auto_recharge.on_intent_failed(tenant, intent, message)
     return "failed purchase recorded"
+
+
+def _on_intent_succeeded(tenant: Tenant, intent: dict[str, Any]) -> str:
+    """Only auto-recharge charges are booked here; Checkout payments are booked by
+    their ``checkout.session.completed`` event."""
+    if (intent.get("metadata") or {}).get("purpose") != auto_recharge.PURPOSE:
+        return "ignored"
+    return auto_recharge.on_intent_succeeded(tenant, intent)
 
 
 def _purchase_row(tenant: Tenant, kind: str, status: str, amount: int, ref: str, *,
@@ -269,6 +355,7 @@ HANDLERS = {
     "checkout.session.completed": _on_checkout_completed,
     "charge.refunded": _on_charge_refunded,
     "payment_intent.payment_failed": _on_payment_failed,
+    "payment_intent.succeeded": _on_intent_succeeded,
 }
 
 

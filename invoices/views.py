@@ -4,8 +4,10 @@ methods, buying credit and the purchase history."""
 from __future__ import annotations
 
 import datetime as dt
+import secrets
 from decimal import Decimal, InvalidOperation
 
+import stripe
 from flask import (
     Response,
     abort,
@@ -20,10 +22,10 @@ from flask import (
 from flask_appbuilder import BaseView, expose
 from flask_appbuilder.security.decorators import has_access
 from flask_wtf import FlaskForm
-from wtforms import SelectField, StringField, TextAreaField
+from wtforms import BooleanField, HiddenField, SelectField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
-from invoices import ledger, payment_methods
+from invoices import auto_recharge, ledger, payment_methods
 from invoices.csv_export import stream_csv
 from invoices.models import ENTRY_SIGNS, PaymentMethod
 from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_PAYMENTS, RESOURCE_TRANSACTIONS
@@ -194,6 +196,30 @@ class BankMethodForm(FlaskForm):
                                  description="Only the last 4 digits are kept")
 
 
+class AutoRechargeForm(FlaskForm):
+    enabled = BooleanField("Recharge automatically")
+    threshold = StringField("When the balance drops under",
+                            description="e.g. 50.00, in the tenant's currency")
+    amount = StringField("Add this much", description="Between 5.00 and 100,000.00")
+
+
+class RefundForm(FlaskForm):
+    amount = StringField("Amount", description="Leave empty to refund all that is left")
+    reason = StringField("Reason", validators=[DataRequired(), Length(max=500)])
+    request_key = HiddenField()
+
+
+def _parse_amount(raw: str | None, currency: str) -> int | None:
+    """Minor units of a typed amount; None when empty; ValueError when unreadable."""
+    text = (raw or "").strip().replace(",", "")
+    if not text:
+        return None
+    try:
+        return Money(Decimal(text), currency).to_minor()
+    except (InvalidOperation, ArithmeticError) as exc:
+        raise ValueError("enter an amount such as 50.00") from exc
+
+
 class PaymentsView(BaseView):
     """Payment methods (cards mirrored from Stripe), adding a card and buying credit
     through Stripe Checkout, and the credit purchase history."""
@@ -203,20 +229,44 @@ class PaymentsView(BaseView):
     class_permission_name = RESOURCE_PAYMENTS
     method_permission_name = {"index": "read", "add_card": "write", "buy_credit": "write",
                               "returned": "read", "add_bank": "write", "make_default": "write",
-                              "remove_method": "write", "purchases_csv": "read"}
+                              "remove_method": "write", "purchases_csv": "read",
+                              "auto_recharge": "write", "refund": "refund", "receipt": "read"}
     object_model = PaymentMethod
 
-    def _render(self, tenant, form=None, status=200, bank_form=None):
+    def _render(self, tenant, form=None, status=200, bank_form=None, recharge_form=None,
+                refund_forms=None):
         from invoices import payments
 
         where, shown, errors = _filters(tenant)
         for message in errors:
             flash(message, "danger")
+        account = auto_recharge.settings(tenant)
+        if recharge_form is None:
+            recharge_form = AutoRechargeForm(formdata=None)
+            if account is not None and account.auto_recharge_enabled:
+                recharge_form.enabled.data = True
+                recharge_form.threshold.data = Money.from_minor(
+                    account.auto_recharge_threshold_minor, tenant.currency).amount
+                recharge_form.amount.data = Money.from_minor(
+                    account.auto_recharge_amount_minor, tenant.currency).amount
+        purchases = payments.list_purchases(tenant, where.start, where.end)
+        refundable, refund_forms = {}, refund_forms or {}
+        if self.appbuilder.sm.has_access("can_refund", self.class_permission_name):
+            for p in purchases:
+                left = payments.refundable_minor(tenant, p)
+                if left:
+                    refundable[p.id] = left
+                    if p.id not in refund_forms:
+                        refund_forms[p.id] = RefundForm(formdata=None, prefix=f"r{p.id}",
+                                                        request_key=secrets.token_urlsafe(16))
         return self.render_template(
             "invoices/payments.html", tenant=tenant, methods=payments.list_payment_methods(tenant),
-            purchases=payments.list_purchases(tenant, where.start, where.end), shown=shown,
+            purchases=purchases, shown=shown,
             form=form or BuyCreditForm(formdata=None),
             bank_form=bank_form or BankMethodForm(formdata=None),
+            recharge_form=recharge_form, recharge_account=account,
+            recharge_failure=auto_recharge.last_failure(tenant),
+            refundable=refundable, refund_forms=refund_forms,
             balance=ledger.balance(tenant), is_platform=g.user.tenant_id is None,
             configured=bool(current_app.config.get("STRIPE_SECRET_KEY")),
         ), status
@@ -280,6 +330,65 @@ class PaymentsView(BaseView):
         return _csv_export("credit purchases", ["id", "date", "type", "payment_method",
                                                 "amount", "currency", "status", "receipt_url",
                                                 "failure"], rows)
+
+    @expose("/auto-recharge", methods=["POST"])
+    @has_access
+    def auto_recharge(self):
+        tenant = page_tenant(required=True)
+        form = AutoRechargeForm()
+        if form.validate():
+            try:
+                threshold = _parse_amount(form.threshold.data, tenant.currency)
+                amount = _parse_amount(form.amount.data, tenant.currency)
+            except ValueError as exc:
+                form.threshold.errors = [str(exc)]
+            else:
+                try:
+                    auto_recharge.configure(Actor.for_user(g.user), tenant,
+                                            enabled=bool(form.enabled.data),
+                                            threshold_minor=threshold, amount_minor=amount)
+                except ValidationFailed as exc:
+                    attach_errors(form, exc)
+                else:
+                    flash("Auto-recharge " + ("on." if form.enabled.data else "off."), "success")
+                    return self._back(tenant)
+        return self._render(tenant, recharge_form=form, status=400)
+
+    @expose("/purchases/<pk>/refund", methods=["POST"])
+    @has_access
+    def refund(self, pk):
+        from invoices import payments
+
+        tenant = page_tenant(required=True)
+        purchase = payments.get_purchase(tenant, int(pk))
+        form = RefundForm(prefix=f"r{purchase.id}")
+        if form.validate():
+            try:
+                amount = _parse_amount(form.amount.data, tenant.currency)
+                payments.refund_purchase(Actor.for_user(g.user), tenant, purchase.id, amount,
+                                         form.reason.data, form.request_key.data or "")
+            except ValueError as exc:
+                if isinstance(exc, ValidationFailed):
+                    attach_errors(form, exc, {"purchase": "amount"})
+                else:
+                    form.amount.errors = [str(exc)]
+            except stripe.StripeError as exc:
+                form.amount.errors = [f"Stripe refused the refund: {exc.user_message or exc}"]
+            else:
+                flash("Refund issued through Stripe.", "success")
+                return self._back(tenant)
+        return self._render(tenant, refund_forms={purchase.id: form}, status=400)
+
+    @expose("/purchases/<pk>/receipt.pdf")
+    @has_access
+    def receipt(self, pk):
+        from invoices import payments
+        from invoices.receipts import receipt_filename, receipt_pdf
+
+        tenant = page_tenant(required=True)
+        purchase = payments.get_purchase(tenant, int(pk))
+        return Response(receipt_pdf(tenant, purchase), mimetype="application/pdf", headers={
+            "Content-Disposition": f'attachment; filename="{receipt_filename(tenant, purchase)}"'})
 
     def _back(self, tenant):
         return redirect(url_for("PaymentsView.index",

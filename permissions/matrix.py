@@ -151,7 +151,7 @@ MATRIX: tuple[MatrixRow, ...] = (
         grants=_rw(RESOURCE_TENANTS)
         + _rw(RESOURCE_PLATFORM_USERS)
         + _rw(RESOURCE_PLAN_CATALOG)
-        + ((CAN_WRITE, RESOURCE_LEDGER_ADMIN),)
+        + ((CAN_WRITE, RESOURCE_LEDGER_ADMIN), ("can_refund", RESOURCE_PAYMENTS))
         + _menus(MENU_PLATFORM, MENU_TENANTS, MENU_ALL_USERS, MENU_PLAN_CATALOG,
                  MENU_LEDGER_ADMIN),
     ),

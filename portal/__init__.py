@@ -29,6 +29,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     init_request_scope(app)
     init_blueprints(app)
     init_errors(app)
+    init_jobs(app)
     init_template_filters(app)
     init_cli(app)
     return app
@@ -145,6 +146,13 @@ def init_errors(app: Flask) -> None:
     from portal.errors import init_error_handlers
 
     init_error_handlers(app)
+
+
+def init_jobs(app: Flask) -> None:
+    import invoices.auto_recharge  # noqa: F401 - registers its jobs
+    from portal.jobs import init_jobs as init
+
+    init(app)
 
 
 def init_template_filters(app: Flask) -> None:

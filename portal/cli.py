@@ -142,3 +142,16 @@ def demo_command() -> None:
     summary = load_demo()
     for line in summary:
         click.echo(line)
+
+
+@billfold.command("auto-recharge")
+@with_appcontext
+def auto_recharge_command() -> None:
+    """Charge auto-recharges still pending and resend failure notices not yet sent."""
+    from invoices.auto_recharge import sweep
+    from portal import jobs
+
+    outcome = sweep()
+    jobs.drain()
+    click.echo(f"{outcome['pending']} pending: {outcome['charged']} submitted to Stripe; "
+               f"{outcome['notified']} failure notice(s) sent.")

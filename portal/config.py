@@ -53,6 +53,14 @@ class Config:
     STRIPE_SECRET_KEY: str | None = None
     STRIPE_WEBHOOK_SECRET: str | None = None
     STRIPE_API_BASE: str | None = None  # a local stand-in of Stripe's API
+    JOBS_EAGER = True  # run jobs in-process after the request that committed them
+    MAIL_SERVER: str | None = None  # SMTP host; email is off until it is set
+    MAIL_PORT = 25
+    MAIL_USE_TLS = False
+    MAIL_USE_SSL = False
+    MAIL_USERNAME: str | None = None
+    MAIL_PASSWORD: str | None = None
+    MAIL_FROM = "Billfold <billing@localhost>"
     DEFAULT_CURRENCY = "USD"
     DEFAULT_TIMEZONE = "UTC"
 

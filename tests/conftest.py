@@ -180,3 +180,20 @@ def world(app):
         w = World()
         db.session.remove()
     return w
+
+
+STRIPE_WEBHOOK_SECRET = "whsec_test_billfold"
+
+
+@pytest.fixture
+def stub(app):
+    """A local server answering as Stripe's API does, configured on the app."""
+    from tests.stripe_stub import StripeStub
+
+    with StripeStub() as server:
+        saved = {k: app.config.get(k) for k in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET",
+                                                "STRIPE_API_BASE")}
+        app.config.update(STRIPE_SECRET_KEY="sk_test_billfold",
+                          STRIPE_WEBHOOK_SECRET=STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE=server.url)
+        yield server
+        app.config.update(saved)

@@ -2063,6 +2063,17 @@ class StripeStub:
             )
         return self._refund(charge, amount, reason, _metadata(params.get("metadata", {})), call)
 
+    @_route("GET", "/v1/refunds")
+    def _list_refunds(self, call: _Call) -> JSON:
+        """``GET /v1/refunds``, optionally of one ``charge`` or ``payment_intent``."""
+        params = call.params
+        self._check(params, {**_LIST, "charge": None, "payment_intent": None, "created": None})
+        refunds = self._store.all("refund")
+        for key in ("charge", "payment_intent"):
+            if params.get(key):
+                refunds = [r for r in refunds if r[key] == params[key]]
+        return self._list("/v1/refunds", refunds, params)
+
     @_route("GET", "/v1/refunds/{id}")
     def _retrieve_refund(self, call: _Call, refund_id: str) -> JSON:
         self._check(call.params, _EXPAND)

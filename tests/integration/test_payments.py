@@ -16,22 +16,11 @@ from portal.errors import ValidationFailed
 from portal.extensions import db
 from tenants.models import Tenant
 from tenants.scoping import unscoped
+from tests.conftest import STRIPE_WEBHOOK_SECRET as SECRET
 from tests.conftest import page_text
-from tests.stripe_stub import StripeStub, sign_payload, signed_webhook
+from tests.stripe_stub import sign_payload, signed_webhook
 
-SECRET = "whsec_test_billfold"
 ACTOR = Actor.system("tests")
-
-
-@pytest.fixture
-def stub(app):
-    with StripeStub() as server:
-        saved = {k: app.config.get(k) for k in ("STRIPE_SECRET_KEY", "STRIPE_WEBHOOK_SECRET",
-                                                "STRIPE_API_BASE")}
-        app.config.update(STRIPE_SECRET_KEY="sk_test_billfold", STRIPE_WEBHOOK_SECRET=SECRET,
-                          STRIPE_API_BASE=server.url)
-        yield server
-        app.config.update(saved)
 
 
 def _tenant(app, world, key="a"):
