@@ -249,3 +249,15 @@ def test_another_tenants_purchase_is_not_found(app, world, stub, client, login):
     with app.app_context(), pytest.raises(NotFoundError):
         payments.get_purchase(_tenant(app, world, "b"), purchase_id)
 
+
+
+def test_billing_contact_downloads_a_receipt_pdf(app, world, stub, client, login):
+    import subprocess
+
+    purchase_id = _purchase(app, world, stub, client)
+    response = login("alpha-billing").get(f"/billing/payments/purchases/{purchase_id}/receipt.pdf")
+    assert response.status_code == 200 and response.mimetype == "application/pdf"
+    assert f"R-alpha-{purchase_id:06d}.pdf" in response.headers["Content-Disposition"]
+    text = subprocess.run(["pdftotext", "-", "-"], input=response.data, capture_output=True,
+                          check=True).stdout.decode()
+    assert "Receipt" in text and "$250.00" in text and f"R-alpha-{purchase_id:06d}" in text
