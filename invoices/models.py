@@ -1,8 +1,10 @@
-"""The prepaid-credit ledger, payment methods, credit purchases and Stripe events."""
+"""The prepaid-credit ledger, payment methods, credit purchases, Stripe events and
+invoices."""
 
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import ClassVar
 
 from flask_appbuilder import Model
@@ -10,17 +12,20 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
     func,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tenants.scoping import TenantScoped
 
@@ -106,6 +111,14 @@ class BillingAccount(TenantScoped, Model):
     auto_recharge_amount_minor: Mapped[int | None] = mapped_column(BigInteger)
     auto_recharge_armed: Mapped[bool] = mapped_column(Boolean, nullable=False,
                                                       default=True, server_default="1")
+    # Prepaid tenants have their usage charged to their credit every day (holds and
+    # settlements); their invoices are then paid by those charges.
+    prepaid: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False,
+                                          server_default="0")
+    usage_settled_until: Mapped[dt.date | None] = mapped_column(Date)  # exclusive
+    # Sales tax or VAT added to the tenant's invoices, in percent (0 unless set).
+    tax_rate_percent: Mapped[Decimal] = mapped_column(Numeric(7, 4), nullable=False, default=0,
+                                                      server_default="0")
 
 
 class PaymentMethod(TenantScoped, Model):
@@ -212,3 +225,123 @@ class StripeEvent(Model):
     )
     tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenant.id"))
     outcome: Mapped[str] = mapped_column(String(255), nullable=False)
+
+
+INVOICE_STATUSES = ("draft", "pending", "paid", "overdue", "void")
+PAYMENT_TERMS = ("card", "prepaid", "ach", "invoice", "wire", "none")
+INVOICE_PAYMENT_METHODS = ("credit", "card", "ach", "wire", "invoice", "other")
+
+
+class Invoice(TenantScoped, Model):
+    """A tenant's bill for one billing period. Issued (pending) invoices are
+    immutable: only their state, payments and stored PDF change afterwards."""
+
+    __tablename__ = "invoice"
+    __table_args__ = (
+        CheckConstraint(f"status IN ({_in(INVOICE_STATUSES)})", name="ck_invoice_status"),
+        CheckConstraint(f"payment_terms IN ({_in(PAYMENT_TERMS)})", name="ck_invoice_terms"),
+        CheckConstraint("total_minor = subtotal_minor + tax_minor", name="ck_invoice_total"),
+        # One invoice per tenant and period, however often the close runs.
+        UniqueConstraint("tenant_id", "period_start", name="uq_invoice_period"),
+        UniqueConstraint("number", name="uq_invoice_number"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    number: Mapped[str | None] = mapped_column(String(32))
+    period_start: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    period_end: Mapped[dt.date] = mapped_column(Date, nullable=False)  # exclusive
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="draft")
+    currency: Mapped[str] = mapped_column(String(3), nullable=False)
+    subtotal_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    tax_rate: Mapped[Decimal] = mapped_column(Numeric(7, 4), nullable=False, default=0)
+    tax_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    total_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    paid_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    payment_terms: Mapped[str] = mapped_column(String(16), nullable=False, default="none")
+    issued_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    due_date: Mapped[dt.date | None] = mapped_column(Date)
+    paid_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    voided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    void_reason: Mapped[str | None] = mapped_column(Text)
+    # The customer, plan, lines and per-user summary as issued: the PDF's only source.
+    snapshot: Mapped[str | None] = mapped_column(Text)
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255))
+    pdf: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    pdf_sha256: Mapped[str | None] = mapped_column(String(64))
+    pdf_rendered_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    lines: Mapped[list[InvoiceLine]] = relationship(
+        back_populates="invoice", order_by="InvoiceLine.position",
+        cascade="all, delete-orphan")
+    payments: Mapped[list[InvoicePayment]] = relationship(
+        back_populates="invoice", order_by="InvoicePayment.id")
+
+    @property
+    def period_last_day(self) -> dt.date:
+        return self.period_end - dt.timedelta(days=1)
+
+    @property
+    def due_minor(self) -> int:
+        return self.total_minor - self.paid_minor
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in ("pending", "overdue")
+
+
+class InvoiceLine(TenantScoped, Model):
+    __tablename__ = "invoice_line"
+    __tenant_index__: ClassVar[bool] = False
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id", ondelete="CASCADE"),
+                                            nullable=False, index=True)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)  # base_fee, overage
+    description: Mapped[str] = mapped_column(Text, nullable=False)
+    metric: Mapped[str | None] = mapped_column(String(32))
+    service: Mapped[str] = mapped_column(String(64), nullable=False)
+    quantity: Mapped[Decimal] = mapped_column(Numeric(24, 6), nullable=False)
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(20, 10), nullable=False)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+    invoice: Mapped[Invoice] = relationship(back_populates="lines")
+
+
+class InvoicePayment(TenantScoped, Model):
+    """Money received against an invoice: prepaid credit, a card charge, or a bank
+    payment recorded by a Platform Admin with its reference."""
+
+    __tablename__ = "invoice_payment"
+    __tenant_index__: ClassVar[bool] = False
+    __table_args__ = (
+        CheckConstraint(f"method IN ({_in(INVOICE_PAYMENT_METHODS)})",
+                        name="ck_invoice_payment_method"),
+        CheckConstraint("amount_minor > 0", name="ck_invoice_payment_amount"),
+        UniqueConstraint("invoice_id", "method", "reference", name="uq_invoice_payment_ref"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("invoice.id"), nullable=False, index=True)
+    method: Mapped[str] = mapped_column(String(16), nullable=False)
+    amount_minor: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    reference: Mapped[str] = mapped_column(String(255), nullable=False)
+    recorded_by: Mapped[str] = mapped_column(String(256), nullable=False)
+    received_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+
+    invoice: Mapped[Invoice] = relationship(back_populates="payments")
+
+
+class InvoiceNumberSequence(Model):
+    """The last number used per issuer and year; read and advanced under a row lock."""
+
+    __tablename__ = "invoice_number_sequence"
+
+    prefix: Mapped[str] = mapped_column(String(16), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_value: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)

@@ -113,19 +113,31 @@ def set_default(actor: Actor, tenant: Tenant, method_id: int) -> PaymentMethod:
 
 
 def remove(actor: Actor, tenant: Tenant, method_id: int) -> None:
-    """Remove a method. The default cannot be removed while another method could
-    take its place: make that one the default first (a tenant is never left with
-    methods but no default). A card is detached from the Stripe customer too."""
+    """Remove a method. The default cannot be removed while the tenant has open
+    (pending or overdue) invoices, which it is there to pay; otherwise the oldest
+    remaining method becomes the default. A card is detached from the Stripe
+    customer too."""
+    from invoices.models import Invoice
+
     with tenant_scope(tenant):
         lock_tenant(tenant.id)
         method = _get(tenant, method_id)
-        others = db.session.scalar(select(PaymentMethod.id).where(PaymentMethod.id != method.id))
-        if method.is_default and others is not None:
-            raise ValidationFailed({"method": "make another method the default first"})
+        if method.is_default and db.session.scalar(select(Invoice.id).where(
+                Invoice.status.in_(("pending", "overdue"))).limit(1)) is not None:
+            raise ValidationFailed({"method": "the default method pays the open invoices: "
+                                              "make another method the default first"})
         stripe_id = method.stripe_payment_method_id
         audit.record("payment_method.remove", method, actor, tenant_id=tenant.id,
                      before=_snapshot(method))
         db.session.delete(method)
+        db.session.flush()
+        if method.is_default:
+            successor = db.session.scalar(select(PaymentMethod).order_by(PaymentMethod.id)
+                                          .limit(1))
+            if successor is not None:
+                successor.is_default = True
+                audit.record("payment_method.default", successor, actor, tenant_id=tenant.id,
+                             after=_snapshot(successor))
         if stripe_id:
             from invoices.payments import client
 

@@ -327,11 +327,16 @@ def _on_payment_failed(tenant: Tenant, intent: dict[str, Any]) -> str:
 
 
 def _on_intent_succeeded(tenant: Tenant, intent: dict[str, Any]) -> str:
-    """Only auto-recharge charges are booked here; Checkout payments are booked by
-    their ``checkout.session.completed`` event."""
-    if (intent.get("metadata") or {}).get("purpose") != auto_recharge.PURPOSE:
-        return "ignored"
-    return auto_recharge.on_intent_succeeded(tenant, intent)
+    """Auto-recharge and invoice charges are booked here; Checkout payments are
+    booked by their ``checkout.session.completed`` event."""
+    purpose = (intent.get("metadata") or {}).get("purpose")
+    if purpose == auto_recharge.PURPOSE:
+        return auto_recharge.on_intent_succeeded(tenant, intent)
+    if purpose == "invoice":
+        from invoices.invoicing import on_intent_succeeded
+
+        return on_intent_succeeded(tenant, intent)
+    return "ignored"
 
 
 def _purchase_row(tenant: Tenant, kind: str, status: str, amount: int, ref: str, *,

@@ -27,7 +27,7 @@ from wtforms.validators import DataRequired, Length
 
 from invoices import auto_recharge, ledger, payment_methods
 from invoices.csv_export import stream_csv
-from invoices.models import ENTRY_SIGNS, PaymentMethod
+from invoices.models import ENTRY_SIGNS, CreditPurchase, PaymentMethod
 from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_PAYMENTS, RESOURCE_TRANSACTIONS
 from plans.periods import local_range
 from portal.audit import Actor
@@ -232,6 +232,7 @@ class PaymentsView(BaseView):
                               "remove_method": "write", "purchases_csv": "read",
                               "auto_recharge": "write", "refund": "refund", "receipt": "read"}
     object_model = PaymentMethod
+    object_models = {"receipt": CreditPurchase, "refund": CreditPurchase}
 
     def _render(self, tenant, form=None, status=200, bank_form=None, recharge_form=None,
                 refund_forms=None):

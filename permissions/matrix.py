@@ -43,6 +43,7 @@ RESOURCE_PLAN_CATALOG = "PlanCatalog"
 RESOURCE_TRANSACTIONS = "Transactions"
 RESOURCE_LEDGER_ADMIN = "LedgerAdmin"
 RESOURCE_PAYMENTS = "Payments"
+RESOURCE_INVOICES = "Invoices"
 # FAB's own security views, kept for the Platform Admin.
 RESOURCE_FAB_USERS = "UserDBModelView"
 RESOURCE_FAB_ROLES = "RoleModelView"
@@ -67,6 +68,7 @@ MENU_PLAN_REQUESTS = "Plan requests"
 MENU_TRANSACTIONS = "Transactions"
 MENU_LEDGER_ADMIN = "Ledger corrections"
 MENU_PAYMENTS = "Payment methods and credit"
+MENU_INVOICES = "Invoices"
 
 
 def _rw(resource: str) -> tuple[tuple[str, str], ...]:
@@ -113,8 +115,9 @@ MATRIX: tuple[MatrixRow, ...] = (
     MatrixRow(
         "view invoices, download PDFs",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "own", BILLING_CONTACT: "own"},
-        grants=((CAN_READ, RESOURCE_TRANSACTIONS),) + _menus(MENU_BILLING, MENU_TRANSACTIONS),
-        notes="the credit ledger's transactions and their CSV; invoices join this row",
+        grants=((CAN_READ, RESOURCE_TRANSACTIONS), (CAN_READ, RESOURCE_INVOICES))
+        + _menus(MENU_BILLING, MENU_TRANSACTIONS, MENU_INVOICES),
+        notes="invoices and their PDFs; the credit ledger's transactions and their CSV",
     ),
     MatrixRow(
         "update plan",
@@ -151,7 +154,8 @@ MATRIX: tuple[MatrixRow, ...] = (
         grants=_rw(RESOURCE_TENANTS)
         + _rw(RESOURCE_PLATFORM_USERS)
         + _rw(RESOURCE_PLAN_CATALOG)
-        + ((CAN_WRITE, RESOURCE_LEDGER_ADMIN), ("can_refund", RESOURCE_PAYMENTS))
+        + ((CAN_WRITE, RESOURCE_LEDGER_ADMIN), ("can_refund", RESOURCE_PAYMENTS),
+           (CAN_WRITE, RESOURCE_INVOICES))
         + _menus(MENU_PLATFORM, MENU_TENANTS, MENU_ALL_USERS, MENU_PLAN_CATALOG,
                  MENU_LEDGER_ADMIN),
     ),

@@ -53,12 +53,14 @@ def init_database(app: Flask) -> None:
 
 
 def init_appbuilder(app: Flask) -> None:
+    from invoices.invoice_views import InvoicesView
     from invoices.views import LedgerAdminView, PaymentsView, TransactionsView
     from permissions.matrix import (
         MENU_ACCOUNT,
         MENU_ALL_USERS,
         MENU_AUDIT_LOG,
         MENU_BILLING,
+        MENU_INVOICES,
         MENU_LEDGER_ADMIN,
         MENU_PAYMENTS,
         MENU_PLAN,
@@ -80,6 +82,8 @@ def init_appbuilder(app: Flask) -> None:
         appbuilder.add_view(UsageView, MENU_USAGE, icon="fa-tachometer",
                             category=MENU_BILLING, category_icon="fa-credit-card")
         appbuilder.add_view(PlanView, MENU_PLAN, icon="fa-cubes", category=MENU_BILLING)
+        appbuilder.add_view(InvoicesView, MENU_INVOICES, icon="fa-file-text-o",
+                            category=MENU_BILLING)
         appbuilder.add_view(TransactionsView, MENU_TRANSACTIONS, icon="fa-exchange",
                             category=MENU_BILLING)
         appbuilder.add_view(PaymentsView, MENU_PAYMENTS, icon="fa-credit-card",
@@ -150,6 +154,7 @@ def init_errors(app: Flask) -> None:
 
 def init_jobs(app: Flask) -> None:
     import invoices.auto_recharge  # noqa: F401 - registers its jobs
+    import invoices.invoicing  # noqa: F401
     from portal.jobs import init_jobs as init
 
     init(app)

@@ -155,3 +155,56 @@ def auto_recharge_command() -> None:
     jobs.drain()
     click.echo(f"{outcome['pending']} pending: {outcome['charged']} submitted to Stripe; "
                f"{outcome['notified']} failure notice(s) sent.")
+
+
+@billfold.command("close-period")
+@click.option("--period", "period_label", help="YYYY-MM: only this period (default: every "
+              "ended period without an invoice)")
+@click.option("--tenant", "tenant_slug", help="Only this tenant (default: every active tenant)")
+@with_appcontext
+def close_period_command(period_label, tenant_slug) -> None:
+    """Rate ended billing periods and issue their invoices (safe to run again)."""
+    from invoices.invoicing import close_due
+    from portal import jobs
+
+    try:
+        with click.progressbar(length=1, label="Closing periods", file=sys.stderr) as bar:
+            def progress(done, total):
+                bar.length = total
+                bar.update(done - bar.pos)
+
+            results = close_due(period_label=period_label, tenant_slug=tenant_slug,
+                                progress=progress)
+        jobs.drain()
+    except NotFoundError as exc:
+        fail(str(exc))
+    except ValidationFailed as exc:
+        fail("; ".join(f"{k}: {v}" for k, v in exc.errors.items()))
+    for r in results:
+        click.echo(f"{r.tenant} {r.period}: {r.number} total {r.total_minor} minor units, "
+                   f"{r.status}")
+    click.echo(f"{len(results)} invoice(s) issued or finished.")
+
+
+@billfold.command("mark-overdue")
+@with_appcontext
+def mark_overdue_command() -> None:
+    """Pending invoices past their due date become overdue (daily)."""
+    from invoices.invoicing import mark_overdue
+
+    click.echo(f"{mark_overdue()} invoice(s) marked overdue.")
+
+
+@billfold.command("charge-usage")
+@with_appcontext
+def charge_usage_command() -> None:
+    """Settle prepaid tenants' ended days and hold today's usage (daily)."""
+    from invoices.usage_charges import run_all
+    from portal import jobs
+
+    results = run_all()
+    jobs.drain()
+    for slug, outcome in results.items():
+        click.echo(f"{slug}: {outcome['settled']} day(s) settled, hold {outcome['held']} "
+                   "minor units")
+    click.echo(f"{len(results)} prepaid tenant(s).")

@@ -10,13 +10,13 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
-from invoices import ledger
+from invoices import invoicing, ledger, usage_charges
 from invoices.models import PaymentMethod
 from permissions.matrix import BILLING_CONTACT, PLATFORM_ADMIN, TENANT_ADMIN
 from plans import services as plan_services
 from plans.metering import ingest_events
 from plans.periods import period_containing, today_in
-from plans.usage import usage_summary
+from portal import jobs
 from portal.audit import Actor
 from portal.extensions import db
 from tenants import services
@@ -152,9 +152,9 @@ def _demo_usage(tenant: Tenant, spec: dict, start: dt.date, lines: list[str]) ->
 
 
 def _demo_ledger(tenant: Tenant, start: dt.date, lines: list[str]) -> None:
-    """Credit history: Initech buys credit each month and its usage is debited at
-    each period's real cost (read from its rollups); Acme got a welcome credit;
-    Globex's contract came with a grant and its bonus."""
+    """Credit history: Initech buys credit each month (its invoices are then paid
+    from it); Acme got a welcome credit; Globex's contract came with a grant and its
+    bonus."""
     if ledger.balance_minor(tenant) != 0 or ledger.list_entries(tenant, limit=1).entries:
         return
     zone = ZoneInfo(tenant.timezone)
@@ -175,6 +175,8 @@ def _demo_ledger(tenant: Tenant, start: dt.date, lines: list[str]) -> None:
     else:
         ledger.post_entry(tenant, DEMO_ACTOR, "bonus", 5_000, "Sign-up bonus",
                           at=moment(start, 9))
+        # Initech is prepaid: its usage is charged to the credit day by day.
+        usage_charges.set_prepaid(DEMO_ACTOR, tenant, True, today=start)
         period = period_containing(start)
         today = today_in(tenant.timezone)
         n = 0
@@ -184,11 +186,6 @@ def _demo_ledger(tenant: Tenant, start: dt.date, lines: list[str]) -> None:
                               f"Credit purchase, Stripe Checkout cs_demo_{tenant.slug}_{n}",
                               source="stripe_webhook", ref_id=f"cs_demo_{tenant.slug}_{n}",
                               at=moment(period.start + dt.timedelta(days=2), 11))
-            if period.end <= today:
-                cost = usage_summary(tenant, period, today=today).cost_so_far.to_minor()
-                ledger.post_entry(tenant, DEMO_ACTOR, "usage", -cost,
-                                  f"Usage {period.label}: base fee and overage",
-                                  at=moment(period.end, 1))
             period = period.next()
         ledger.post_entry(tenant, Actor("user", None, "platform"), "admin_correction", 1_250,
                           "Refund of a duplicated storage charge", source="admin_correction")
@@ -240,4 +237,11 @@ def load_demo() -> list[str]:
             _demo_usage(tenant, spec_usage, start, lines)
             _demo_ledger(tenant, start, lines)
             _demo_payment_methods(tenant, lines)
+    for result in invoicing.close_due():
+        lines.append(f"invoice {result.number} for {result.tenant} {result.period}: "
+                     f"{result.status}")
+    for slug, outcome in usage_charges.run_all().items():
+        if outcome["settled"]:
+            lines.append(f"daily usage charges for {slug}: {outcome['settled']} day(s)")
+    jobs.drain()
     return lines or ["demo data already present"]

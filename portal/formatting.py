@@ -7,7 +7,7 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_datetime
-from babel.numbers import format_decimal, format_percent
+from babel.numbers import format_currency, format_decimal, format_percent
 from flask import Flask
 
 from portal.money import Money
@@ -21,6 +21,15 @@ def money(value: Money | None) -> str:
 
 def minor(value: int | None, currency: str) -> str:
     return "—" if value is None else Money.from_minor(value, currency).format(LOCALE)
+
+
+def unit_price(value: Decimal | None, currency: str) -> str:
+    """A price per unit: at least the currency's 2 decimals, more only when needed
+    (a token can cost $0.000002)."""
+    if value is None:
+        return "—"
+    return format_currency(value, currency, format="¤#,##0.00########", locale=LOCALE,
+                           currency_digits=False)
 
 
 def quantity(value: Decimal | int | None, digits: int = 2) -> str:
@@ -50,5 +59,5 @@ def long_date(value: dt.date | None) -> str:
 def init_filters(app: Flask) -> None:
     for name, func in {"money": money, "minor": minor, "quantity": quantity,
                        "percentage": percentage, "local_datetime": local_datetime,
-                       "long_date": long_date}.items():
+                       "long_date": long_date, "unit_price": unit_price}.items():
         app.add_template_filter(func, name)

@@ -307,3 +307,52 @@ def test_tenant_admin_invites_a_billing_contact_who_sets_a_password(journey, pag
         urllib.request.urlopen(link, timeout=30)
     assert used.value.code == 404
     assert "unknown or was already used" in used.value.read().decode()
+
+
+def test_billing_contact_opens_an_invoice_and_downloads_its_pdf(journey, page, artifacts):
+    login(page, "acme-billing")
+    open_menu(page, "Billing", "Invoices")
+    expect(page).to_have_url(re.compile(r"/billing/invoices/$"))
+    expect(page.get_by_role("heading", name="Invoices — Acme Corp")).to_be_visible()
+    first = page.locator("#invoices tbody tr").first
+    number = first.get_attribute("data-number")
+    assert re.fullmatch(r"BF-\d{4}-\d{6}", number or ""), number
+    journey.shot(page, "invoices")
+    first.get_by_role("link", name=number).click()
+    expect(page.get_by_role("heading", name=re.compile(f"Invoice {number}"))).to_be_visible()
+    expect(page.locator("#lines")).to_contain_text("Platform")
+    expect(page.locator("#total")).not_to_have_text("")
+    journey.shot(page, "invoice")
+    with page.expect_download() as download_info:
+        page.get_by_role("link", name="Download PDF").click()
+    download = download_info.value
+    assert download.suggested_filename == f"{number}.pdf"
+    data = Path(download.path()).read_bytes()
+    download.save_as(artifacts / f"{journey.name}-{number}.pdf")
+    assert data.startswith(b"%PDF")
+
+
+def test_platform_admin_closes_a_period_and_records_a_wire_payment(journey, page):
+    login(page, "platform")
+    open_menu(page, "Billing", "Invoices")
+    page.get_by_role("link", name="Acme Corp").click()
+    expect(page.get_by_role("heading", name="Invoices — Acme Corp")).to_be_visible()
+    newest = page.locator("#invoices tbody tr").first
+    number, period = newest.get_attribute("data-number"), newest.get_attribute("data-period")
+    journey.shot(page, "acme-invoices")
+    # Closing the newest ended period again finds its invoice: one per period.
+    page.get_by_label("Period").fill(period)
+    page.get_by_role("button", name="Close period and issue invoice").click()
+    expect(page.get_by_role("heading", name=re.compile(f"Invoice {number}"))).to_be_visible()
+    expect_flash(page, f"Invoice {number} for {period}", "success")
+    # Acme pays by card; the demo card is not on the Stripe stand-in, so the charge
+    # at issue failed and the invoice is open. The operator records a wire instead.
+    expect(page.locator("#invoice-status")).to_have_text(re.compile("^(pending|overdue)$"))
+    journey.shot(page, "closed")
+    page.get_by_label("Received by").select_option("wire")
+    page.get_by_label("Bank reference").fill(unique("FEDWIRE"))
+    page.get_by_role("button", name="Record payment").click()
+    expect_flash(page, "Payment recorded.", "success")
+    expect(page.locator("#invoice-status")).to_have_text("paid")
+    expect(page.locator("#amount-due")).to_have_text("$0.00")
+    journey.shot(page, "paid")

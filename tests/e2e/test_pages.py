@@ -45,6 +45,8 @@ PAGES = [
     ("transactions-of-a-tenant", "platform", "/billing/transactions/?tenant=initech"),
     ("ledger-correction", "platform", "/platform/ledger/?tenant=initech"),
     ("payments", "acme-admin", "/billing/payments/"),
+    ("invoices", "acme-billing", "/billing/invoices/"),
+    ("invoices-of-a-tenant", "platform", "/billing/invoices/?tenant=globex"),
     ("stripe-checkout", "acme-admin", CHECKOUT),
     ("team", "acme-admin", "/team/list/"),
     ("team-invite", "acme-admin", "/team/add"),
@@ -61,6 +63,7 @@ MAIN_PAGES = [
     ("transactions", "/billing/transactions/"),
     ("plan", "/plan/"),
     ("payments", "/billing/payments/"),
+    ("invoices", "/billing/invoices/"),
 ]
 WIDTHS = [1280, 390]
 # Main pages too wide for a width today, by (page, width): the reason says which

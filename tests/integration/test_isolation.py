@@ -43,39 +43,68 @@ def object_rules(app):
         object_args = args - NON_OBJECT_ARGS
         if not object_args:
             continue
-        assert object_args == {"pk"}, f"{rule.rule}: teach the probe to fill {object_args}"
         view = views.get(rule.endpoint.split(".")[0])
-        model = (getattr(getattr(view, "datamodel", None), "obj", None)
+        key = getattr(view, "object_key", "id")
+        expected = {"pk"} if key == "id" else {key}
+        assert object_args == expected, f"{rule.rule}: teach the probe to fill {object_args}"
+        method = rule.endpoint.split(".", 1)[-1]
+        model = (getattr(view, "object_models", {}).get(method)
+                 or getattr(getattr(view, "datamodel", None), "obj", None)
                  or getattr(view, "object_model", None))
         found.append((rule, view, model))
     return found
 
 
 def _fill(rule, view, pk):
-    url = rule.rule.replace("<pk>", str(pk))
+    key = getattr(view, "object_key", "id")
+    url = rule.rule.replace("<pk>" if key == "id" else f"<{key}>", str(pk))
     if "<string:name>" in url:
         action = next(iter(view.actions), "none") if view.actions else "none"
         url = url.replace("<string:name>", action)
     return re.sub(r"<[^>]+>", "x", url)
 
 
-def _ids_of(app, model, tenant_id):
+def _ids_of(app, model, tenant_id, key="id"):
     with app.app_context(), unscoped():
         return db.session.scalars(
-            select(model.id).where(_owner_filter(model, tenant_id)).order_by(model.id)
+            select(getattr(model, key)).where(_owner_filter(model, tenant_id))
+            .order_by(model.id)
         ).all()
 
 
+@pytest.fixture
+def every_kind(app, world):
+    """Rows of the kinds the world lacks, for both tenants: an invoice and a credit
+    purchase each."""
+    import datetime as dt
+
+    from invoices import invoicing
+    from invoices.models import CreditPurchase
+    from plans.periods import period_containing
+
+    with app.app_context(), unscoped():
+        for key in ("a", "b"):
+            tenant = db.session.get(Tenant, world.ids[key])
+            db.session.add(CreditPurchase(tenant_id=tenant.id, kind="purchase",
+                                          status="succeeded", amount_minor=5_000,
+                                          currency=tenant.currency, stripe_ref=f"cs_{key}"))
+            db.session.commit()
+            invoicing.close_period(tenant, period_containing(dt.date.today()).previous())
+    return world
+
+
 @pytest.mark.parametrize("who", ["alpha-admin", "alpha-billing"])
-def test_every_object_route_answers_404_for_another_tenants_ids(app, world, login, who):
+def test_every_object_route_answers_404_for_another_tenants_ids(app, every_kind, login, who):
+    world = every_kind
     user = login(who)
     attempts = leaks = 0
     failures = []
     for rule, view, model in object_rules(app):
         if model is None or not issubclass(model, TenantIsolated):
             continue
-        theirs = _ids_of(app, model, world.ids["b"])
-        ours = _ids_of(app, model, world.ids["a"])
+        key = getattr(view, "object_key", "id")
+        theirs = _ids_of(app, model, world.ids["b"], key)
+        ours = _ids_of(app, model, world.ids["a"], key)
         assert theirs and ours, f"no {model.__name__} rows to probe {rule.rule}"
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             own = getattr(user.client, method.lower())(_fill(rule, view, ours[0]))

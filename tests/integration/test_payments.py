@@ -3,6 +3,7 @@ webhook payloads signed here."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -228,20 +229,29 @@ def test_invoice_and_wire_are_for_enterprise_only(app, world, login):
     assert operator.get("/billing/payments/?tenant=alpha").status_code == 200
 
 
-def test_one_default_which_cannot_be_removed_while_others_exist(app, world, login):
+def test_the_default_cannot_be_removed_while_invoices_are_open(app, world, login):
+    from invoices import invoicing
+    from plans.periods import period_containing
+
     user = login("alpha-admin")
     user.post("/billing/payments/methods/add", data={
         "kind": "ach", "routing_number": "021000021", "account_number": "9876543210"})
     with app.app_context():
         first, second = payments.list_payment_methods(_tenant(app, world))
-    assert first.is_default and not second.is_default
-    refused = user.post(f"/billing/payments/methods/{first.id}/remove", follow_redirects=True)
+        assert first.is_default and not second.is_default
+        first_id, second_id = first.id, second.id
+        invoice = invoicing.close_period(_tenant(app, world),
+                                         period_containing(dt.date.today()).previous())
+        assert invoice.status == "pending"
+        number = invoice.number
+    refused = user.post(f"/billing/payments/methods/{first_id}/remove", follow_redirects=True)
     assert "make another method the default first" in page_text(refused)
-    user.post(f"/billing/payments/methods/{second.id}/default")
-    assert user.post(f"/billing/payments/methods/{first.id}/remove").status_code == 302
+    with app.app_context():
+        invoicing.mark_paid(ACTOR, _tenant(app, world), number, "ach", "ACH-123")
+    assert user.post(f"/billing/payments/methods/{first_id}/remove").status_code == 302
     with app.app_context():
         (left,) = payments.list_payment_methods(_tenant(app, world))
-    assert left.id == second.id and left.is_default
+        assert left.id == second_id and left.is_default  # the next method took over
     with app.app_context(), unscoped():
         actions = set(db.session.scalars(select(AuditEvent.action).where(
             AuditEvent.action.like("payment_method.%"))))
