@@ -15,6 +15,7 @@ from wtforms import BooleanField, SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
 from invoices import auto_recharge, invoicing, usage_charges
+from invoices.invoice_pdf import SERVICE_LABELS
 from invoices.models import INVOICE_STATUSES, Invoice
 from permissions.matrix import RESOURCE_INVOICES
 from plans.metrics import METRICS
@@ -22,9 +23,6 @@ from portal.audit import Actor
 from portal.errors import ValidationFailed, attach_errors
 from portal.money import Money
 from portal.tenancy import page_tenant, tenant_picker
-
-SERVICE_LABELS = {"platform": "Platform", "ai_service": "AI service",
-                  "query_engine": "Query engine", "ml_service": "ML service"}
 
 
 class ClosePeriodForm(FlaskForm):

@@ -193,9 +193,10 @@ def find_invoice(tenant: Tenant, period: Period) -> Invoice | None:
 
 
 def close_period(tenant: Tenant, period: Period, *, actor: Actor = SYSTEM,
-                 now: dt.datetime | None = None) -> Invoice:
+                 now: dt.datetime | None = None, render: bool = True) -> Invoice:
     """Issue ``tenant``'s invoice for ``period`` (which must have ended), or finish the
-    one already issued. Returns the invoice."""
+    one already issued. Returns the invoice. With ``render=False`` the PDF is left
+    to its job (queued at issue)."""
     now = now or dt.datetime.now(dt.UTC)
     today = local_day(now, tenant.timezone)
     if period.end > today:
@@ -207,7 +208,7 @@ def close_period(tenant: Tenant, period: Period, *, actor: Actor = SYSTEM,
         except IntegrityError:
             db.session.rollback()  # a concurrent close issued it first
             existing = find_invoice(tenant, period)
-    _finish(tenant, existing)
+    _finish(tenant, existing, render)
     return existing
 
 
@@ -288,9 +289,9 @@ def _issue(tenant: Tenant, period: Period, actor: Actor, now: dt.datetime,
         return invoice
 
 
-def _finish(tenant: Tenant, invoice: Invoice) -> None:
+def _finish(tenant: Tenant, invoice: Invoice, render: bool = True) -> None:
     """What a killed close may have left undone, done now (both jobs are idempotent)."""
-    if invoice.pdf_sha256 is None:
+    if render and invoice.pdf_sha256 is None:
         render_invoice(invoice.id)
     if invoice.status in ("pending", "overdue") and invoice.payment_terms == "card" \
             and invoice.stripe_payment_intent_id is None:
@@ -324,7 +325,7 @@ class CloseResult:
 
 
 def close_due(*, period_label: str | None = None, tenant_slug: str | None = None,
-              now: dt.datetime | None = None,
+              now: dt.datetime | None = None, render: bool = True,
               progress: Callable[[int, int], None] | None = None) -> list[CloseResult]:
     """Close every ended period still without an invoice (or ``period_label`` only),
     for every active tenant (or ``tenant_slug`` only). ``progress(done, total)`` is
@@ -354,7 +355,7 @@ def close_due(*, period_label: str | None = None, tenant_slug: str | None = None
     results = []
     for done, (tenant, periods) in enumerate(plan, start=1):
         for period in periods:
-            invoice = close_period(tenant, period, now=now)
+            invoice = close_period(tenant, period, now=now, render=render)
             results.append(CloseResult(tenant.slug, period.label, invoice.number,
                                        invoice.total_minor, invoice.status))
         if progress:
@@ -441,6 +442,10 @@ def charge_invoice(invoice_id: int) -> str:
     except stripe.CardError as exc:
         intent_id = getattr(getattr(exc.error, "payment_intent", None), "id", None)
         outcome = f"declined: {exc.user_message}"
+    except stripe.StripeError as exc:
+        # Not a decline (the card is unknown to Stripe, the network failed): nothing
+        # was charged; the invoice stays open and the next close retries.
+        intent_id, outcome = None, f"not charged: {exc.user_message or exc}"
     with tenant_scope(tenant):
         row = db.session.get(Invoice, invoice_id)
         if row.stripe_payment_intent_id is None and intent_id:

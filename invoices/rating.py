@@ -190,7 +190,7 @@ def _usage_lines(tenant: Tenant, period: Period, version: PlanVersion, start: dt
                          else included * segment_days / period.days)
         # No included amount means unlimited: nothing is billable.
         billable = (Decimal(0) if allowance is None
-                    else max(Decimal(0), used - allowance).quantize(MICRO))
+                    else max(Decimal(0), used - allowance)).quantize(MICRO)
         if cells:
             usage_lines.append(MetricUsageLine(code, start, end, used, included, billable,
                                                unit_price))

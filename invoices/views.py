@@ -243,7 +243,7 @@ class PaymentsView(BaseView):
             flash(message, "danger")
         account = auto_recharge.settings(tenant)
         if recharge_form is None:
-            recharge_form = AutoRechargeForm(formdata=None)
+            recharge_form = AutoRechargeForm(formdata=None, prefix="recharge")
             if account is not None and account.auto_recharge_enabled:
                 recharge_form.enabled.data = True
                 recharge_form.threshold.data = Money.from_minor(
@@ -336,7 +336,7 @@ class PaymentsView(BaseView):
     @has_access
     def auto_recharge(self):
         tenant = page_tenant(required=True)
-        form = AutoRechargeForm()
+        form = AutoRechargeForm(prefix="recharge")
         if form.validate():
             try:
                 threshold = _parse_amount(form.threshold.data, tenant.currency)

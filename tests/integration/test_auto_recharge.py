@@ -183,13 +183,15 @@ def test_settings_are_checked_and_audited(app, world, stub, client, login):
     _card_on_file(app, world, stub, client)
     admin = login("alpha-admin")
     bad = admin.post("/billing/payments/auto-recharge",
-                     data={"enabled": "y", "threshold": "50", "amount": "1.00"})
+                     data={"recharge-enabled": "y", "recharge-threshold": "50",
+                           "recharge-amount": "1.00"})
     assert bad.status_code == 400 and "recharge between 5.00" in page_text(bad)
     good = admin.post("/billing/payments/auto-recharge",
-                      data={"enabled": "y", "threshold": "50", "amount": "100"})
+                      data={"recharge-enabled": "y", "recharge-threshold": "50",
+                            "recharge-amount": "100"})
     assert good.status_code == 302
     assert "On: under $50.00, add $100.00" in page_text(admin.get("/billing/payments/"))
-    off = admin.post("/billing/payments/auto-recharge", data={"threshold": "", "amount": ""})
+    off = admin.post("/billing/payments/auto-recharge", data={"recharge-threshold": "", "recharge-amount": ""})
     assert off.status_code == 302
     with app.app_context():
         assert not auto_recharge.settings(tenant).auto_recharge_enabled

@@ -333,3 +333,83 @@ def test_close_period_command(app, world):
     assert second.exit_code == 0
     with app.app_context(), unscoped():
         assert db.session.scalar(select(func.count(Invoice.id))) == 2
+
+
+@pytest.mark.postgres_only
+def test_numbers_under_concurrency_have_no_gap_and_no_duplicate(app, world):
+    from tests.factories import ACTOR as FACTORY_ACTOR
+    from tests.factories import TenantFactory
+
+    period = _last_period()
+    with app.app_context(), unscoped():
+        starter = next(p for p in plan_services.list_plans() if p.code == "starter")
+        ids = []
+        for n in range(10):
+            tenant = TenantFactory(slug=f"t{n:02d}", name=f"Tenant {n}")
+            plan_services.subscribe(FACTORY_ACTOR, tenant, starter,
+                                    starts_on=period.start - dt.timedelta(days=5))
+            ids.append(tenant.id)
+        db.session.remove()
+    barrier = threading.Barrier(len(ids), timeout=60)
+    errors = []
+
+    def close(tenant_id):
+        try:
+            with app.app_context():
+                with unscoped():
+                    tenant = db.session.get(Tenant, tenant_id)
+                db.session.close()
+                barrier.wait()
+                invoicing.close_period(tenant, period, render=False)
+                db.session.remove()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=close, args=(i,), daemon=True) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with app.app_context(), unscoped():
+        numbers = sorted(db.session.scalars(select(Invoice.number)))
+    year = dt.date.today().year
+    assert numbers == [f"BF-{year}-{n:06d}" for n in range(1, len(ids) + 1)]
+
+
+def test_unlimited_metrics_and_zero_usage_cost_only_the_base_fee(app, world, ctx):
+    tenant = _tenant(world=world)
+    period = _last_period()
+    plans = {p.code: p for p in plan_services.list_plans()}
+    with tenant_scope(tenant):
+        sub = plan_services.current_subscription(tenant, period.start)
+        sub.ends_on = period.start
+        db.session.commit()
+    plan_services.subscribe(ACTOR, tenant, plans["enterprise"], starts_on=period.start,
+                            custom_base_price_minor=400_000)
+    ingest_events(tenant, _events(period, "llm_tokens", 900_000_000))  # unlimited
+    ingest_events(tenant, _events(period, "storage_gb", 900, prefix="st"))  # 1 TB included
+    invoice = invoicing.close_period(tenant, period)
+    assert [(line.kind, line.amount_minor) for line in invoice.lines] == [("base_fee", 400_000)]
+    usage = {u["metric"]: u for u in invoicing.snapshot_of(invoice)["usage"]}
+    assert usage["llm_tokens"]["included"] is None and usage["llm_tokens"]["billable"] == "0.000000"
+    bravo = _tenant("b", world)
+    quiet = invoicing.close_period(bravo, period)
+    assert [(line.kind, line.amount_minor) for line in quiet.lines] == [("base_fee", 9_900)]
+    assert invoicing.snapshot_of(quiet)["usage"] == []
+
+
+def test_illegal_state_changes_are_refused(app, world, ctx):
+    tenant = _tenant(world=world)
+    invoice = invoicing.close_period(tenant, _last_period())
+    invoicing.mark_paid(ACTOR, tenant, invoice.number, "wire", "WIRE-1")
+    with pytest.raises(ValidationFailed):
+        invoicing.mark_paid(ACTOR, tenant, invoice.number, "wire", "WIRE-2")
+    with pytest.raises(ValidationFailed):
+        invoicing.void_invoice(ACTOR, tenant, invoice.number, "paid invoices stay")
+    with tenant_scope(tenant):
+        row = db.session.get(Invoice, invoice.id)
+        row.status = "overdue"
+        with pytest.raises(InvoiceImmutable):
+            db.session.flush()
+        db.session.rollback()
