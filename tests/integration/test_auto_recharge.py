@@ -191,7 +191,8 @@ def test_settings_are_checked_and_audited(app, world, stub, client, login):
                             "recharge-amount": "100"})
     assert good.status_code == 302
     assert "On: under $50.00, add $100.00" in page_text(admin.get("/billing/payments/"))
-    off = admin.post("/billing/payments/auto-recharge", data={"recharge-threshold": "", "recharge-amount": ""})
+    off = admin.post("/billing/payments/auto-recharge",
+                     data={"recharge-threshold": "", "recharge-amount": ""})
     assert off.status_code == 302
     with app.app_context():
         assert not auto_recharge.settings(tenant).auto_recharge_enabled
