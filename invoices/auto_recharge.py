@@ -222,7 +222,8 @@ def on_intent_succeeded(tenant: Tenant, intent: dict[str, Any]) -> str:
         if isinstance(charge_id, dict):
             charge = charge_id
         else:
-            charge = client().v1.charges.retrieve(charge_id).to_dict()
+            charge = client().v1.charges.retrieve(
+                charge_id, params={"expand": ["balance_transaction"]}).to_dict()
     ledger.post_entry(tenant, WEBHOOK_ACTOR, "auto_recharge", amount,
                       f"Auto-recharge, Stripe payment {intent['id']}",
                       source="stripe_webhook", ref_id=intent["id"], commit=False)

@@ -176,6 +176,8 @@ class CreditPurchase(TenantScoped, Model):
     stripe_ref: Mapped[str] = mapped_column(String(255), nullable=False)
     stripe_charge_id: Mapped[str | None] = mapped_column(String(255))
     payment_method_label: Mapped[str | None] = mapped_column(String(128))
+    fee_minor: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0,
+                                           server_default="0")  # the processor's fee
     receipt_url: Mapped[str | None] = mapped_column(Text)
     failure_message: Mapped[str | None] = mapped_column(Text)
 

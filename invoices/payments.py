@@ -211,7 +211,8 @@ def _on_checkout_completed(tenant: Tenant, session: dict[str, Any]) -> str:
     pm = charge = None
     if session.get("payment_intent"):
         intent = stripe_client.v1.payment_intents.retrieve(
-            session["payment_intent"], params={"expand": ["payment_method", "latest_charge"]}
+            session["payment_intent"],
+            params={"expand": ["payment_method", "latest_charge.balance_transaction"]}
         ).to_dict()
         pm, charge = intent.get("payment_method"), intent.get("latest_charge")
         _mirror_card(tenant, pm)
@@ -347,8 +348,10 @@ def _purchase_row(tenant: Tenant, kind: str, status: str, amount: int, ref: str,
             CreditPurchase.kind == kind, CreditPurchase.stripe_ref == ref))
         if exists:
             return
+        txn = (charge or {}).get("balance_transaction")
+        fee = int(txn.get("fee") or 0) if isinstance(txn, dict) and kind == "purchase" else 0
         db.session.add(CreditPurchase(
-            tenant_id=tenant.id, kind=kind, status=status, amount_minor=amount,
+            fee_minor=fee, tenant_id=tenant.id, kind=kind, status=status, amount_minor=amount,
             currency=tenant.currency, stripe_ref=ref,
             stripe_charge_id=(charge or {}).get("id"),
             receipt_url=(charge or {}).get("receipt_url"), payment_method_label=label,

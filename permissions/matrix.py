@@ -44,6 +44,8 @@ RESOURCE_TRANSACTIONS = "Transactions"
 RESOURCE_LEDGER_ADMIN = "LedgerAdmin"
 RESOURCE_PAYMENTS = "Payments"
 RESOURCE_INVOICES = "Invoices"
+RESOURCE_API_KEYS = "ApiKeys"
+RESOURCE_API_DOCS = "ApiDocs"
 # FAB's own security views, kept for the Platform Admin.
 RESOURCE_FAB_USERS = "UserDBModelView"
 RESOURCE_FAB_ROLES = "RoleModelView"
@@ -69,6 +71,8 @@ MENU_TRANSACTIONS = "Transactions"
 MENU_LEDGER_ADMIN = "Ledger corrections"
 MENU_PAYMENTS = "Payment methods and credit"
 MENU_INVOICES = "Invoices"
+MENU_API_KEYS = "API keys"
+MENU_API_DOCS = "API reference"
 
 
 def _rw(resource: str) -> tuple[tuple[str, str], ...]:
@@ -105,6 +109,9 @@ MATRIX: tuple[MatrixRow, ...] = (
             ("can_this_form_post", RESOURCE_FAB_MY_PASSWORD),
             ("can_this_form_get", RESOURCE_FAB_USER_INFO_EDIT),
             ("can_this_form_post", RESOURCE_FAB_USER_INFO_EDIT),
+            (CAN_READ, RESOURCE_API_DOCS),
+            (MENU_ACCESS, MENU_ACCOUNT),
+            (MENU_ACCESS, MENU_API_DOCS),
         ),
     ),
     MatrixRow(
@@ -141,7 +148,8 @@ MATRIX: tuple[MatrixRow, ...] = (
     MatrixRow(
         "manage tenant users, API keys",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "own", BILLING_CONTACT: "no"},
-        grants=_rw(RESOURCE_TEAM) + _menus(MENU_ACCOUNT, MENU_TEAM),
+        grants=_rw(RESOURCE_TEAM) + _rw(RESOURCE_API_KEYS)
+        + _menus(MENU_ACCOUNT, MENU_TEAM, MENU_API_KEYS),
     ),
     MatrixRow(
         "view audit log",

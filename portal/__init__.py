@@ -23,6 +23,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         template_folder=str(PROJECT_ROOT / "templates"),
     )
     load_config(app, config)
+    from portal.jsonio import DecimalJSONProvider
+
+    app.json = DecimalJSONProvider(app)
     init_instance_folder(app)
     init_database(app)
     init_appbuilder(app)
@@ -42,7 +45,8 @@ def init_instance_folder(app: Flask) -> None:
 
 
 def init_database(app: Flask) -> None:
-    import invoices.models  # noqa: F401 - register every model on the metadata
+    import api.models  # noqa: F401 - register every model on the metadata
+    import invoices.models  # noqa: F401
     import plans.models  # noqa: F401
     import portal.audit  # noqa: F401
     import tenants.models  # noqa: F401
@@ -53,11 +57,14 @@ def init_database(app: Flask) -> None:
 
 
 def init_appbuilder(app: Flask) -> None:
+    from api.views import ApiDocsView, ApiKeysView
     from invoices.invoice_views import InvoicesView
     from invoices.views import LedgerAdminView, PaymentsView, TransactionsView
     from permissions.matrix import (
         MENU_ACCOUNT,
         MENU_ALL_USERS,
+        MENU_API_DOCS,
+        MENU_API_KEYS,
         MENU_AUDIT_LOG,
         MENU_BILLING,
         MENU_INVOICES,
@@ -103,6 +110,8 @@ def init_appbuilder(app: Flask) -> None:
                             menu_cond=lambda: g.user.tenant_id is not None)
         appbuilder.add_view(AuditLogView, MENU_AUDIT_LOG, icon="fa-history",
                             category=MENU_ACCOUNT)
+        appbuilder.add_view(ApiKeysView, MENU_API_KEYS, icon="fa-key", category=MENU_ACCOUNT)
+        appbuilder.add_view(ApiDocsView, MENU_API_DOCS, icon="fa-book", category=MENU_ACCOUNT)
         appbuilder.add_view_no_menu(InvitationView)
 
 
@@ -138,9 +147,13 @@ def init_request_scope(app: Flask) -> None:
 
 
 def init_blueprints(app: Flask) -> None:
+    from api.v1 import bp as api_bp
+    from api.v1 import init_api
     from invoices.webhooks import bp as webhooks_bp
     from portal.public import bp as public_bp
 
+    init_api(app)
+    csrf.exempt(api_bp)  # bearer keys, not cookies, authenticate the API
     app.register_blueprint(public_bp)
     app.register_blueprint(webhooks_bp)
     csrf.exempt(webhooks_bp)  # Stripe signs its payloads instead

@@ -208,3 +208,35 @@ def charge_usage_command() -> None:
         click.echo(f"{slug}: {outcome['settled']} day(s) settled, hold {outcome['held']} "
                    "minor units")
     click.echo(f"{len(results)} prepaid tenant(s).")
+
+
+@billfold.command("create-api-key")
+@click.option("--tenant", "tenant_slug", help="The tenant the key acts for")
+@click.option("--platform", is_flag=True, help="A platform key (scope platform:read)")
+@click.option("--scopes", required=True,
+              help="Comma separated: usage:write,usage:read,billing:read (tenant keys) "
+                   "or platform:read (platform keys)")
+@click.option("--name", required=True, help="What uses the key")
+@click.option("--expires", "expires_on", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="YYYY-MM-DD: the key stops working at the start of this day (UTC)")
+@with_appcontext
+def create_api_key_command(tenant_slug, platform, scopes, name, expires_on) -> None:
+    """Create an API key and print its secret alone on standard output."""
+    import datetime as dt
+
+    from api.keys import create_key
+    from tenants.services import get_tenant_by_slug
+
+    if bool(tenant_slug) == bool(platform):
+        fail("give either --tenant SLUG or --platform")
+    try:
+        tenant = get_tenant_by_slug(tenant_slug) if tenant_slug else None
+        expires = (dt.datetime.combine(expires_on.date(), dt.time(), dt.UTC)
+                   if expires_on else None)
+        key, secret = create_key(CLI_ACTOR, tenant, name, scopes, expires_at=expires)
+    except NotFoundError as exc:
+        fail(str(exc))
+    except ValidationFailed as exc:
+        fail("; ".join(f"{k}: {v}" for k, v in exc.errors.items()))
+    click.echo(f"Created key {key.name} ({key.prefix}…) with {key.scopes}.", err=True)
+    click.echo(secret)

@@ -53,6 +53,10 @@ class Config:
     STRIPE_SECRET_KEY: str | None = None
     STRIPE_WEBHOOK_SECRET: str | None = None
     STRIPE_API_BASE: str | None = None  # a local stand-in of Stripe's API
+    API_RATE_LIMIT = "600 per minute"  # per API key
+    API_INGEST_RATE_LIMIT = "6000 per minute"  # per API key, for usage ingestion
+    API_MAX_BATCH_BYTES = 16 * 1024 * 1024
+    RATELIMIT_HEADERS_ENABLED = True
     JOBS_EAGER = True  # run jobs in-process after the request that committed them
     MAIL_SERVER: str | None = None  # SMTP host; email is off until it is set
     MAIL_PORT = 25

@@ -63,7 +63,23 @@ def init_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
+        if request.path.startswith("/api/"):
+            from api.v1 import http_error
+
+            return http_error(exc)
         if _wants_json():
             code = (exc.name or "error").lower().replace(" ", "_")
             return _json_error(exc.code or 500, code, exc.description or exc.name)
         return exc
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        # Never a traceback or an HTML page for an API client.
+        if isinstance(exc, HTTPException) or not _wants_json():
+            raise exc
+        from portal.extensions import db
+
+        db.session.rollback()
+        app.logger.exception("unexpected error on %s", request.path)
+        return _json_error(500, "internal_error", "Something went wrong on our side; "
+                                                  "it has been logged.")

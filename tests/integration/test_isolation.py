@@ -23,6 +23,7 @@ from tests.conftest import page_text
 
 # URL arguments that do not name a stored object.
 NON_OBJECT_ARGS = {"filename", "locale", "token", "name", "path"}
+API_PREFIX = "api_v1."
 B_MARKERS = ("Bravo GmbH", "bravo-admin", "bravo-billing", "billing@bravo.example")
 
 
@@ -41,8 +42,8 @@ def object_rules(app):
     for rule in app.url_map.iter_rules():
         args = set(rule.arguments)
         object_args = args - NON_OBJECT_ARGS
-        if not object_args:
-            continue
+        if not object_args or rule.endpoint.startswith(API_PREFIX):
+            continue  # API routes are probed with API keys below
         view = views.get(rule.endpoint.split(".")[0])
         key = getattr(view, "object_key", "id")
         expected = {"pk"} if key == "id" else {key}
@@ -78,9 +79,11 @@ def every_kind(app, world):
     purchase each."""
     import datetime as dt
 
+    from api import keys
     from invoices import invoicing
     from invoices.models import CreditPurchase
     from plans.periods import period_containing
+    from portal.audit import Actor
 
     with app.app_context(), unscoped():
         for key in ("a", "b"):
@@ -90,6 +93,7 @@ def every_kind(app, world):
                                           currency=tenant.currency, stripe_ref=f"cs_{key}"))
             db.session.commit()
             invoicing.close_period(tenant, period_containing(dt.date.today()).previous())
+            keys.create_key(Actor.system("probe"), tenant, f"{key} key", "usage:read")
     return world
 
 
@@ -274,3 +278,54 @@ def test_core_tables_of_isolated_models_are_refused_in_a_tenant_scope(app, world
             db.session.execute(select(table.c.id))
     with app.app_context(), unscoped():
         assert db.session.scalar(select(func.count()).select_from(table)) > 0
+
+
+API_OBJECT_KINDS = {"number": ("invoices.models", "Invoice", "number")}
+
+
+def test_every_api_route_refuses_another_tenants_objects(app, every_kind, client):
+    """A key of tenant A asks for B's objects by URL and by query parameter: every
+    answer is 404 (or an empty page) and never carries B's data."""
+    import importlib
+
+    from api import keys
+    from portal.audit import Actor
+
+    world = every_kind
+    with app.app_context(), unscoped():
+        alpha = db.session.get(Tenant, world.ids["a"])
+        _, secret = keys.create_key(Actor.system("probe"), alpha, "probe",
+                                    "usage:write,usage:read,billing:read")
+    headers = {"Authorization": f"Bearer {secret}"}
+    attempts = leaks = 0
+    failures = []
+    for rule in app.url_map.iter_rules():
+        if not rule.endpoint.startswith(API_PREFIX):
+            continue
+        args = set(rule.arguments)
+        if not args:
+            continue
+        (arg,) = args
+        module, name, column = API_OBJECT_KINDS[arg]
+        model = getattr(importlib.import_module(module), name)
+        for value in _ids_of(app, model, world.ids["b"], column):
+            attempts += 1
+            response = client.get(rule.rule.replace(f"<{arg}>", str(value)), headers=headers)
+            body = response.get_data(as_text=True)
+            if response.status_code != 404 or any(m in body for m in B_MARKERS):
+                leaks += 1
+                failures.append(f"{rule.rule} {arg}={value} -> {response.status_code}")
+    # Cursors and filters cannot reach B's rows either.
+    from invoices.models import Invoice, LedgerEntry
+
+    for url, model in (("/api/v1/transactions?before={}", LedgerEntry),
+                       ("/api/v1/invoices?before={}", Invoice)):
+        for value in _ids_of(app, model, world.ids["b"]):
+            attempts += 1
+            body = client.get(url.format(value + 1), headers=headers).get_json()
+            if any(row.get("number") in _ids_of(app, Invoice, world.ids["b"], "number")
+                   for row in body["data"]) or any(m in str(body) for m in B_MARKERS):
+                leaks += 1
+                failures.append(url.format(value + 1))
+    assert attempts > 0
+    assert leaks == 0, failures

@@ -1,0 +1,1 @@
+"""Billfold's REST API (v1)."""
