@@ -357,3 +357,39 @@ def test_platform_admin_closes_a_period_and_records_a_wire_payment(journey, page
     expect(page.locator("#invoice-status")).to_have_text("paid")
     expect(page.locator("#amount-due")).to_have_text("$0.00")
     journey.shot(page, "paid")
+
+
+def test_tenant_admin_creates_an_api_key_uses_it_and_revokes_it(journey, page, portal):
+    login(page, "acme-admin")
+    open_menu(page, "Account", "API keys")
+    expect(page.get_by_role("heading", name="API keys — Acme Corp")).to_be_visible()
+    name = unique("e2e-reporting")
+    page.get_by_label("Name").fill(name)
+    page.get_by_label(re.compile("usage:write")).uncheck()
+    journey.shot(page, "create-form")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.get_by_label("Secret").input_value()
+    assert secret.startswith("bf_")
+    journey.shot(page, "created")
+    row = page.locator("#api-keys tbody tr", has_text=name)
+    expect(row).to_contain_text("usage:read, billing:read")
+    expect(row).to_contain_text("active")
+
+    def call(path: str) -> int:
+        request = urllib.request.Request(f"{portal.url}{path}",
+                                         headers={"Authorization": f"Bearer {secret}"})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert call("/api/v1/usage/summary") == 200
+    page.goto("/account/api-keys/")
+    expect(page.locator("#secret-value")).to_have_count(0)  # shown once only
+    page.locator("#api-keys tbody tr", has_text=name).get_by_role("button",
+                                                                  name="Revoke").click()
+    expect_flash(page, "is revoked", "success")
+    expect(page.locator("#api-keys tbody tr", has_text=name)).to_contain_text("revoked")
+    assert call("/api/v1/usage/summary") == 401
+    journey.shot(page, "revoked")

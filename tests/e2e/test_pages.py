@@ -47,6 +47,8 @@ PAGES = [
     ("payments", "acme-admin", "/billing/payments/"),
     ("invoices", "acme-billing", "/billing/invoices/"),
     ("invoices-of-a-tenant", "platform", "/billing/invoices/?tenant=globex"),
+    ("api-keys", "acme-admin", "/account/api-keys/"),
+    ("api-reference", "acme-billing", "/api-docs/"),
     ("stripe-checkout", "acme-admin", CHECKOUT),
     ("team", "acme-admin", "/team/list/"),
     ("team-invite", "acme-admin", "/team/add"),
