@@ -169,8 +169,10 @@ def init_jobs(app: Flask) -> None:
     import invoices.auto_recharge  # noqa: F401 - registers its jobs
     import invoices.invoicing  # noqa: F401
     from portal.jobs import init_jobs as init
+    from portal.tasks import init_celery
 
     init(app)
+    init_celery(app)
 
 
 def init_template_filters(app: Flask) -> None:

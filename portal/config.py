@@ -58,6 +58,8 @@ class Config:
     API_MAX_BATCH_BYTES = 16 * 1024 * 1024
     RATELIMIT_HEADERS_ENABLED = True
     JOBS_EAGER = True  # run jobs in-process after the request that committed them
+    CELERY_BROKER_URL: str | None = None  # e.g. redis://127.0.0.1:6379/1; none: in-process
+    CELERY_RESULT_BACKEND: str | None = None  # default: the broker
     MAIL_SERVER: str | None = None  # SMTP host; email is off until it is set
     MAIL_PORT = 25
     MAIL_USE_TLS = False

@@ -4,7 +4,8 @@ Code that needs work done after its transaction (charging a card, sending a
 message) calls ``defer(name, *args)``. Nothing happens if the transaction rolls
 back. After the commit the job is dispatched: on the embedded default it runs
 in-process at the end of the web request (or when ``drain()`` is called by a
-command); a task queue can take the dispatch over without the callers changing.
+command); with ``JOBS_EAGER`` off it goes to the Celery workers
+(``portal.tasks.run_job``).
 
 Each job must be idempotent: it reads the state it acts on and does nothing when
 that work is already done, so running it twice is harmless.
@@ -56,8 +57,17 @@ def _pending() -> list[tuple[str, tuple]]:
 @event.listens_for(Session, "after_commit")
 def _dispatch_committed(session: Session) -> None:
     jobs = session.info.pop(_SESSION_KEY, None)
-    if jobs:
-        _pending().extend(jobs)
+    if not jobs:
+        return
+    from flask import current_app, has_app_context
+
+    if has_app_context() and not current_app.config.get("JOBS_EAGER", True):
+        from portal.tasks import run_job
+
+        for name, args in jobs:
+            run_job.delay(name, *args)  # to the workers, through the broker
+        return
+    _pending().extend(jobs)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -1,0 +1,82 @@
+"""Celery tasks: the beat schedule, eager runs on the embedded default, and a real
+worker on Redis that closes a period once however often it is asked."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from invoices.models import Invoice
+from portal import tasks
+from portal.extensions import db
+from tenants.scoping import unscoped
+
+
+def test_the_beat_schedule_runs_every_periodic_job(app):
+    schedule = tasks.celery.conf.beat_schedule
+    assert {entry["task"] for entry in schedule.values()} == {
+        "billfold.close_periods", "billfold.charge_usage", "billfold.mark_overdue",
+        "billfold.auto_recharge_sweep"}
+    assert all(name in tasks.celery.tasks for name in (e["task"] for e in schedule.values()))
+
+
+def test_without_a_broker_tasks_run_in_process(app, world):
+    assert tasks.celery.conf.task_always_eager
+    with app.app_context():
+        assert tasks.close_periods.delay().get() == 2  # one close task per tenant
+        tasks.close_periods.delay()  # again: nothing new
+        with unscoped():
+            count = db.session.scalar(select(func.count(Invoice.id)))
+            assert count >= 2
+            assert len(set(db.session.scalars(select(Invoice.number)))) == count
+        assert tasks.mark_overdue.delay().get() == 0
+
+
+def _redis_up() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+def test_a_real_worker_closes_each_period_once(app, world):
+    """A Celery worker on Redis gets the same close three times (as after a retry or
+    a duplicate beat): one invoice per tenant and period."""
+    import redis
+
+    broker = "redis://127.0.0.1:6379/14"
+    redis.Redis.from_url(broker).flushdb()  # no message of an earlier run
+    env = dict(os.environ, BILLFOLD_DATABASE_URL=app.config["DATABASE_URL"],
+               BILLFOLD_CELERY_BROKER_URL=broker, BILLFOLD_JOBS_EAGER="false")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "portal.worker:celery", "worker", "--pool=solo",
+         "--without-heartbeat", "--without-mingle", "--without-gossip", "-Q", "celery",
+         "--loglevel=WARNING"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        from celery import Celery
+
+        client = Celery("billfold", broker=broker, backend=broker)
+        results = [client.send_task("billfold.close_tenant", args=["alpha"]) for _ in range(3)]
+        numbers = [r.get(timeout=90) for r in results]
+        assert len(numbers[0]) >= 1 and numbers[1] == numbers[2] == []
+        deadline = time.monotonic() + 10
+        with app.app_context(), unscoped():
+            while time.monotonic() < deadline:
+                rows = db.session.execute(select(Invoice.number, Invoice.pdf_sha256)).all()
+                if rows and all(sha for _, sha in rows):
+                    break
+                db.session.rollback()
+                time.sleep(0.2)
+            assert [n for n, _ in rows] == numbers[0] and all(sha for _, sha in rows)
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert "Traceback" not in output, output
