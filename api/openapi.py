@@ -29,7 +29,7 @@ MAX_BATCH = 10_000
 MAX_DECIMALS = 6
 MAX_QUANTITY = 10**12
 MAX_PROPERTIES_BYTES = 4096
-PERIOD_PATTERN = r"^\d{4}-\d{2}$"
+PERIOD_PATTERN = r"^(19|20|21)\d{2}-(0[1-9]|1[0-2])$"  # a month of 1900-2199
 INVOICE_NUMBER_PATTERN = r"^BF-\d{4}-\d{6}$"
 
 # Status: code, what it means, an example message and details.

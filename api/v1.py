@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from api import keys, queries
 from api.models import ApiKey
+from api.openapi import PERIOD_PATTERN
 from invoices import invoicing, ledger
 from invoices.csv_export import stream_csv
 from invoices.models import ENTRY_SIGNS, INVOICE_STATUSES
@@ -37,7 +38,7 @@ from tenants.scoping import ALL_TENANTS, Scope, TenantScopeError, reset_scope, s
 bp = Blueprint("api_v1", __name__, url_prefix="/api/v1")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 50
-PERIOD_RE = re.compile(r"^\d{4}-\d{2}$")
+PERIOD_RE = re.compile(PERIOD_PATTERN)
 PUBLIC_ENDPOINTS = {"api_v1.openapi"}
 
 
@@ -110,14 +111,21 @@ def http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
     headers = {}
     if status == 429:
-        response = exc.get_response()
-        headers = {k: v for k, v in response.headers.items()
-                   if k.lower().startswith(("retry-after", "x-ratelimit"))}
-        if "Retry-After" not in headers:
-            headers["Retry-After"] = "60"
+        headers["Retry-After"] = str(_retry_after())
     message = "too many requests: slow down and retry after the given seconds" \
         if status == 429 else (exc.description or exc.name)
     return error_response(status, CODES.get(status, "error"), message, None, headers)
+
+
+def _retry_after() -> int:
+    """Seconds until the breached limit's window resets (at least 1)."""
+    import math
+    import time
+
+    limit = current_app.appbuilder.sm.limiter.current_limit
+    if limit is None:
+        return 1
+    return max(1, math.ceil(limit.reset_at - time.time()))
 
 
 def requires(scope: str) -> Callable:
