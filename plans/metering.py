@@ -13,10 +13,13 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from functools import partial
+from json.encoder import encode_basestring_ascii
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
+from sqlalchemy import inspect as sa_inspect
 
 from plans.metrics import METRICS, PEAK, SERVICES
 from plans.models import UsageRollup, from_micro
@@ -77,6 +80,10 @@ class CleanEvent(NamedTuple):
     properties: str | None
 
 
+# A CleanEvent from a tuple of its fields: cheaper than its keyword-capable constructor.
+_new_clean_event = partial(tuple.__new__, CleanEvent)
+
+
 def parse_timestamp(value: Any) -> dt.datetime:
     """An aware datetime from an RFC 3339 string or an aware datetime."""
     if isinstance(value, dt.datetime):
@@ -93,7 +100,8 @@ def parse_timestamp(value: Any) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
-MAX_MICRO = int(MAX_QUANTITY) * 1_000_000
+MAX_WHOLE_QUANTITY = int(MAX_QUANTITY)
+MAX_MICRO = MAX_WHOLE_QUANTITY * 1_000_000
 MICRO_EXPONENT = -MAX_DECIMALS
 
 
@@ -124,6 +132,23 @@ def parse_quantity_micro(value: Any) -> int:
     if micro > MAX_MICRO:
         raise ValueError(f"cannot exceed {MAX_QUANTITY:,}")
     return micro
+
+
+def _encode_properties(properties: Mapping) -> str:
+    """Properties as stored: compact JSON with sorted keys, values JSON cannot hold
+    written as text, exactly as ``json.dumps(properties, sort_keys=True,
+    separators=(",", ":"), default=str)``. The usual flat object of strings is joined
+    here directly, a few times faster than json.dumps and to the same text."""
+    if type(properties) is dict:
+        for key, value in properties.items():
+            if type(key) is not str or type(value) is not str:
+                break
+        else:
+            return "{" + ",".join([
+                encode_basestring_ascii(key) + ":" + encode_basestring_ascii(value)
+                for key, value in sorted(properties.items())
+            ]) + "}"
+    return json.dumps(properties, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _clean(index: int, raw: Any, zone: ZoneInfo, latest: dt.datetime,
@@ -187,8 +212,7 @@ def _clean(index: int, raw: Any, zone: ZoneInfo, latest: dt.datetime,
             failed.append(("properties", "must be an object"))
         else:
             try:
-                encoded = json.dumps(properties, sort_keys=True, separators=(",", ":"),
-                                     default=str)
+                encoded = _encode_properties(properties)
             except (TypeError, ValueError):
                 failed.append(("properties", "must be JSON"))
             else:
@@ -204,15 +228,92 @@ def _clean(index: int, raw: Any, zone: ZoneInfo, latest: dt.datetime,
                       service, user_ref, encoded)
 
 
+def _clean_usual(raw: Any, zone: ZoneInfo, zone_offset: dt.timedelta | None,
+                 latest: dt.datetime) -> CleanEvent | None:
+    """The usual valid event normalised without ``_clean``'s error bookkeeping: a dict
+    of known fields, string id, metric, service and user, a quantity and a timestamp
+    that parse. Any other event, valid or not, gives None and is left to ``_clean``,
+    which checks it in full and reports its errors; an event returned here is the one
+    ``_clean`` returns. ``zone_offset`` is the zone's offset if it never changes."""
+    if type(raw) is not dict or not raw.keys() <= EVENT_FIELDS:
+        return None
+    get = raw.get
+    event_id, metric = get("id"), get("metric")
+    if type(event_id) is not str or len(event_id) > 128 or type(metric) is not str:
+        return None
+    event_id = event_id.strip()
+    definition = METRICS.get(metric)
+    if not event_id or definition is None:
+        return None
+    quantity = get("quantity")
+    if type(quantity) is int and 0 <= quantity <= MAX_WHOLE_QUANTITY:
+        micro = quantity * 1_000_000  # parse_quantity_micro's result, without the call
+    else:
+        try:
+            micro = parse_quantity_micro(quantity)
+        except ValueError:
+            return None
+    try:
+        occurred_at = parse_timestamp(get("timestamp"))
+    except ValueError:
+        return None
+    if occurred_at > latest:
+        return None
+    service = get("service")
+    if service is None:
+        service = definition.service
+    elif type(service) is not str or service not in SERVICES:
+        return None
+    user_ref = get("user")
+    if user_ref is None:
+        user_ref = ""
+    elif type(user_ref) is not str or len(user_ref) > 128:
+        return None
+    encoded = get("properties")
+    if encoded is not None:
+        if type(encoded) is not dict:
+            return None
+        try:
+            encoded = _encode_properties(encoded)
+        except (TypeError, ValueError):
+            return None
+        if len(encoded) * 4 > MAX_PROPERTIES_BYTES and (
+            len(encoded.encode()) > MAX_PROPERTIES_BYTES
+        ):
+            return None
+    if zone_offset is not None:
+        day = (occurred_at + zone_offset).date()
+    else:
+        day = occurred_at.astimezone(zone).date()
+    return _new_clean_event(
+        (event_id, metric, micro, occurred_at, day, service, user_ref, encoded))
+
+
 def validate_batch(tenant: Tenant, events: Sequence[Any],
                    now: dt.datetime | None = None) -> list[CleanEvent]:
     """Every event checked; raises BatchRejected listing each bad field."""
+    _check_size(events)
+    return _validate(events, ZoneInfo(tenant.timezone), now)
+
+
+def _check_size(events: Sequence[Any]) -> None:
     if len(events) > MAX_BATCH:
         raise BatchTooLarge(f"a batch carries at most {MAX_BATCH:,} events, not {len(events):,}")
+
+
+def _validate(events: Sequence[Any], zone: ZoneInfo,
+              now: dt.datetime | None) -> list[CleanEvent]:
+    """The events checked and normalised, days in ``zone``: each through the fast path
+    for the usual valid event, and any other through ``_clean``, which reports every
+    error of the batch (BatchRejected)."""
     latest = (now or dt.datetime.now(dt.UTC)) + MAX_FUTURE
+    # Only a zone whose offset never changes (UTC, Etc/GMT+5) has one for no moment.
+    zone_offset = zone.utcoffset(None)
+    clean = [_clean_usual(raw, zone, zone_offset, latest) for raw in events]
     errors: list[EventError] = []
-    zone = ZoneInfo(tenant.timezone)
-    clean = [_clean(i, raw, zone, latest, errors) for i, raw in enumerate(events)]
+    for index, event in enumerate(clean):
+        if event is None:
+            clean[index] = _clean(index, events[index], zone, latest, errors)
     if errors:
         raise BatchRejected(errors)
     return clean  # type: ignore[return-value]
@@ -231,11 +332,13 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     writes nothing; a database failure rolls the whole batch back. An event whose id
     the tenant already sent, in this batch or before, counts as a duplicate.
 
-    Batches of one tenant are serialised by a lock on the tenant's row, so the ids
-    already stored can be looked up once and the new events written in bulk (COPY on
-    PostgreSQL); the unique constraint on (tenant, id) stays as the backstop.
+    Batches of one tenant are serialised by a lock on the tenant's row, so the new
+    events can be written in bulk (COPY on PostgreSQL) and the rollups updated from
+    them; the unique constraint on (tenant, id) tells which were stored before.
     """
-    clean = validate_batch(tenant, events, now)
+    _check_size(events)
+    tenant_id, zone = _tenant_id_and_zone(tenant)
+    clean = _validate(events, zone, now)
     result = IngestResult()
     seen: dict[str, CleanEvent] = {}
     for event in clean:
@@ -247,12 +350,11 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
         return result
     dialect = db.session.get_bind().dialect.name
     try:
-        with tenant_scope(tenant):
-            stored = _lock_and_find_stored(tenant.id, list(seen), dialect)
-            new = [e for key, e in seen.items() if key not in stored]
+        with tenant_scope(tenant_id):
+            lock_tenant(tenant_id)
+            new = _write_new_events(tenant_id, list(seen.values()), dialect)
             if new:
-                _write_events(tenant.id, new, dialect)
-                _upsert_rollups(tenant.id, new, dialect)
+                _upsert_rollups(tenant_id, new, dialect)
             db.session.commit()
     except BaseException:
         db.session.rollback()
@@ -263,12 +365,74 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
     return result
 
 
-def _lock_and_find_stored(tenant_id: int, ids: list[str], dialect: str) -> set[str]:
-    """Take the tenant's lock, then say which of ``ids`` the tenant already stored.
-    One parameter carries the whole list (an array on PostgreSQL, a JSON array on
-    SQLite), so the statement is the same for every batch instead of an IN list with
-    a thousand parameters."""
-    lock_tenant(tenant_id)
+def _tenant_id_and_zone(tenant: Tenant) -> tuple[int, ZoneInfo]:
+    """The tenant's id and time zone, as its attributes give them.
+
+    Each batch's commit expires the instance, and refreshing it through the ORM costs
+    about as much as validating a hundred events; so when the time zone is expired
+    on an instance of this session, that one column is read on the session's
+    connection instead, which is what the refresh would load. Otherwise the instance
+    answers as before: values as they stand in it, and an error for a detached
+    instance or a tenant deleted meanwhile."""
+    state = sa_inspect(tenant)
+    if (state.persistent and state.session is db.session()
+            and "timezone" in state.expired_attributes):
+        tenant_id = state.identity[0]
+        name = db.session.connection().scalar(_TENANT_ZONE, {"tenant_id": tenant_id})
+        if name is not None:
+            return tenant_id, ZoneInfo(name)
+    return tenant.id, ZoneInfo(tenant.timezone)
+
+
+_TENANT_ZONE = (select(Tenant.__table__.c.timezone)
+                .where(Tenant.__table__.c.id == bindparam("tenant_id")))
+
+
+def _write_new_events(tenant_id: int, events: list[CleanEvent], dialect: str
+                      ) -> list[CleanEvent]:
+    """Write those of ``events`` (distinct ids) that the tenant has not stored yet,
+    and return them.
+
+    A batch is nearly always new: a client sends events again only when it could not
+    tell whether a batch was stored. So the events are written straight away under a
+    savepoint, which costs far less than looking their ids up first (on PostgreSQL
+    the lookup costs more than the COPY). If the unique constraint on (tenant, id)
+    refuses one, the write is rolled back to the savepoint, the stored ids are looked
+    up and only the others written. The caller holds the tenant's lock, whose
+    statement began the transaction on either database, so the savepoint nests in
+    it, and no other batch of the tenant stores an id meanwhile.
+    """
+    integrity_error = db.session.get_bind().dialect.loaded_dbapi.IntegrityError
+    cursor = db.session.connection().connection.driver_connection.cursor()
+    try:
+        cursor.execute("SAVEPOINT usage_batch")
+        try:
+            _write_events(tenant_id, events, dialect)
+        except integrity_error as exc:
+            if not _is_unique_violation(exc):
+                raise
+            cursor.execute("ROLLBACK TO SAVEPOINT usage_batch")
+            stored = _find_stored(tenant_id, [e.event_id for e in events], dialect)
+            events = [e for e in events if e.event_id not in stored]
+            if events:
+                _write_events(tenant_id, events, dialect)
+        cursor.execute("RELEASE SAVEPOINT usage_batch")
+    finally:
+        cursor.close()
+    return events
+
+
+def _is_unique_violation(exc: Exception) -> bool:
+    """Whether the driver's IntegrityError is a unique constraint's (psycopg gives the
+    SQLSTATE, Python's sqlite3 the extended result code)."""
+    return (getattr(exc, "sqlstate", None) == "23505"
+            or getattr(exc, "sqlite_errorname", None) == "SQLITE_CONSTRAINT_UNIQUE")
+
+
+def _find_stored(tenant_id: int, ids: list[str], dialect: str) -> set[str]:
+    """Which of ``ids`` the tenant already stored. One parameter carries the whole
+    list (an array on PostgreSQL, a JSON array on SQLite), so the statement is the
+    same for every batch instead of an IN list with a thousand parameters."""
     cursor = db.session.connection().connection.driver_connection.cursor()
     try:
         if dialect == "postgresql":
@@ -296,17 +460,26 @@ def _write_events(tenant_id: int, events: list[CleanEvent], dialect: str) -> Non
             for e in events:
                 copy.write_row((tenant_id, *e))
         return
+    # SQLAlchemy's storage formats: dates as ISO text, timestamps as the UTC wall time
+    # "YYYY-MM-DD HH:MM:SS.ffffff". A batch spans a few dates, so each date is formatted
+    # once; formatting the time of day alone is also far cheaper than an aware datetime.
+    dates = _IsoDates()
     raw.cursor().executemany(
         f"INSERT INTO usage_event ({', '.join(EVENT_COLUMNS)}, ingested_at) "
         f"VALUES ({', '.join('?' * len(EVENT_COLUMNS))}, CURRENT_TIMESTAMP)",
-        [(tenant_id, e.event_id, e.metric, e.quantity_micro, _sqlite_datetime(e.occurred_at),
-          e.day.isoformat(), e.service, e.user_ref, e.properties) for e in events],
+        [(tenant_id, event_id, metric, micro,
+          dates[occurred_at.date()] + " " + occurred_at.time().isoformat("microseconds"),
+          dates[day], service, user_ref, properties)
+         for event_id, metric, micro, occurred_at, day, service, user_ref, properties in events],
     )
 
 
-def _sqlite_datetime(moment: dt.datetime) -> str:
-    # SQLAlchemy's SQLite DateTime storage format (UTC wall time, microseconds).
-    return moment.replace(tzinfo=None).isoformat(" ", "microseconds")
+class _IsoDates(dict):
+    """ISO text of dates, each formatted on first use."""
+
+    def __missing__(self, date: dt.date) -> str:
+        text = self[date] = date.isoformat()
+        return text
 
 
 ROLLUP_COLUMNS = ("tenant_id", "day", "metric", "service", "user_ref", "quantity_micro",

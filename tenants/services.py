@@ -13,7 +13,7 @@ from babel.numbers import list_currencies
 from email_validator import EmailNotValidError, validate_email
 from flask import current_app
 from flask_appbuilder.security.sqla.models import Role
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import joinedload
 from werkzeug.security import generate_password_hash
 
@@ -164,11 +164,15 @@ def lock_tenant(tenant_id: int) -> None:
     """Hold the tenant's row until the transaction ends, so writers of one tenant's
     balance or usage take turns (a row lock on PostgreSQL; SQLite has one writer at
     a time, and any write takes its lock)."""
-    if db.session.get_bind().dialect.name == "postgresql":
-        db.session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+    # A plain statement on the session's connection: it needs none of the ORM's tenant
+    # criteria, and hot paths (a batch of usage events) take this lock every time.
+    connection = db.session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SELECT id FROM tenant WHERE id = %(id)s FOR UPDATE",
+                                   {"id": tenant_id})
     else:
-        db.session.execute(update(Tenant).where(Tenant.id == tenant_id)
-                           .values(status=Tenant.status))
+        connection.exec_driver_sql("UPDATE tenant SET status = status WHERE id = ?",
+                                   (tenant_id,))
 
 
 def get_tenant_by_slug(slug: str) -> Tenant:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from plans import metering
 from plans.metering import BatchRejected, BatchTooLarge, ingest_events, usage_totals
@@ -15,7 +16,8 @@ from plans.models import UsageEvent, UsageRollup
 from plans.periods import period_containing, period_from_label
 from portal.extensions import db
 from tenants.models import Tenant
-from tenants.scoping import unscoped
+from tenants.scoping import tenant_scope, unscoped
+from tenants.services import lock_tenant
 from tests.factories import TenantFactory
 
 NOW = dt.datetime(2026, 11, 20, 12, tzinfo=dt.UTC)
@@ -96,6 +98,139 @@ def test_a_replayed_batch_is_all_duplicates_and_counts_once(app, ny):
     assert (second.accepted, second.duplicates) == (0, 50)
     assert total == 50
     assert _events(app, ny) == 50
+
+
+def test_a_batch_overlapping_stored_events_stores_only_the_new_ones(app, ny):
+    first = [ev(f"e{i}", "llm_tokens", 1, "2026-11-03T15:00:00Z") for i in range(50)]
+    second = [ev(f"e{i}", "llm_tokens", 1, "2026-11-03T15:00:00Z") for i in range(25, 75)]
+    with app.app_context():
+        ingest_events(ny, first, now=NOW)
+        result = ingest_events(ny, second, now=NOW)
+        period = period_from_label("2026-11")
+        total = usage_totals(ny, period.start, period.end)["llm_tokens"]
+    assert (result.accepted, result.duplicates) == (25, 25)
+    assert sorted(result.accepted_ids) == sorted(f"e{i}" for i in range(50, 75))
+    assert total == 75
+    assert _events(app, ny) == 75
+
+
+def test_only_a_duplicate_id_is_taken_for_a_replay(app, ny, monkeypatch):
+    """Any other integrity error of the write fails the batch, which writes nothing."""
+    batch = [ev(f"e{i}", "llm_tokens", 1, "2026-11-03T15:00:00Z") for i in range(10)]
+    with app.app_context():
+        ingest_events(ny, batch, now=NOW)
+        monkeypatch.setattr(metering, "_is_unique_violation", lambda exc: False)
+        dbapi = db.engine.dialect.loaded_dbapi
+        with pytest.raises(dbapi.IntegrityError):
+            ingest_events(ny, batch + [ev("new", "llm_tokens", 1, "2026-11-03T15:00:00Z")],
+                          now=NOW)
+        period = period_from_label("2026-11")
+        assert usage_totals(ny, period.start, period.end)["llm_tokens"] == 10
+    assert _events(app, ny) == 10
+
+
+def _utc(moment: dt.datetime) -> dt.datetime:
+    # SQLite gives back the stored UTC wall time without a zone.
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+
+
+def test_events_are_stored_as_sent(app, ny):
+    with app.app_context():
+        ingest_events(ny, [
+            ev("a", "llm_tokens", 5, "2026-11-03T15:00:00Z"),
+            ev("b", "storage_gb", "10.25", "2026-11-01T05:30:00.123456+01:00",
+               service="ml_service", user="u1", properties={"b": "2", "a": "\u00e9"}),
+            ev("c", "compute_hours", Decimal("1.5"),
+               dt.datetime(2026, 11, 2, 4, 59, 59, 999999, tzinfo=dt.UTC),
+               user=42, properties={"n": 1, "d": Decimal("0.10")}),
+        ], now=NOW)
+        with unscoped():
+            rows = {e.event_id: e for e in db.session.scalars(
+                select(UsageEvent).where(UsageEvent.tenant_id == ny.id))}
+        stored = {key: (_utc(e.occurred_at), e.day, e.quantity_micro, e.service, e.user_ref,
+                        e.properties) for key, e in rows.items()}
+        if db.engine.dialect.name == "sqlite":
+            # Stored as text: exactly as SQLAlchemy writes dates and timestamps, so that
+            # comparisons in SQL see the same values whichever path wrote a row.
+            dialect = db.engine.dialect
+            columns = UsageEvent.__table__.c
+            as_text = {name: columns[name].type.dialect_impl(dialect).bind_processor(dialect)
+                       for name in ("occurred_at", "day")}
+            texts = db.session.connection().exec_driver_sql(
+                "SELECT event_id, occurred_at, day FROM usage_event").all()
+            for key, occurred_at, day in texts:
+                assert occurred_at == as_text["occurred_at"](stored[key][0])
+                assert day == as_text["day"](stored[key][1])
+        db.session.rollback()
+    assert stored == {
+        "a": (dt.datetime(2026, 11, 3, 15, tzinfo=dt.UTC), dt.date(2026, 11, 3), 5_000_000,
+              "ai_service", "", None),
+        "b": (dt.datetime(2026, 11, 1, 4, 30, 0, 123456, tzinfo=dt.UTC), dt.date(2026, 11, 1),
+              10_250_000, "ml_service", "u1", '{"a":"\\u00e9","b":"2"}'),
+        "c": (dt.datetime(2026, 11, 2, 4, 59, 59, 999999, tzinfo=dt.UTC),
+              dt.date(2026, 11, 1), 1_500_000, "ai_service", "42", '{"d":"0.10","n":1}'),
+    }
+
+
+def _days(app, tenant):
+    with app.app_context(), unscoped():
+        return sorted(db.session.scalars(
+            select(UsageEvent.day).where(UsageEvent.tenant_id == tenant.id)))
+
+
+def test_each_batch_reads_the_tenant_zone_afresh(app, ny):
+    with app.app_context():
+        with unscoped():
+            tenant = db.session.get(Tenant, ny.id)
+        ingest_events(tenant, [ev("a", "llm_tokens", 1, "2026-11-01T03:59:00Z")], now=NOW)
+        # Another transaction moves the tenant to UTC after the first batch.
+        with db.engine.begin() as connection:
+            connection.execute(update(Tenant).where(Tenant.id == ny.id).values(timezone="UTC"))
+        ingest_events(tenant, [ev("b", "llm_tokens", 1, "2026-11-01T03:59:00Z")], now=NOW)
+        assert tenant.timezone == "UTC"
+    assert _days(app, ny) == [dt.date(2026, 10, 31), dt.date(2026, 11, 1)]
+
+
+def test_a_zone_set_on_the_tenant_and_not_saved_yet_is_the_one_used(app, ny):
+    with app.app_context():
+        with unscoped():
+            tenant = db.session.get(Tenant, ny.id)
+        tenant.timezone = "UTC"
+        ingest_events(tenant, [ev("a", "llm_tokens", 1, "2026-11-01T03:59:00Z")], now=NOW)
+    assert _days(app, ny) == [dt.date(2026, 11, 1)]
+
+
+def test_a_batch_waits_for_the_tenant_lock_of_another_writer(app, ny):
+    """Ingestion takes the lock the tenant's other writers take (``lock_tenant``), also
+    for a replayed batch, which writes no row that would wait for the lock anyway."""
+    batch = [ev("a", "llm_tokens", 1, "2026-11-03T15:00:00Z")]
+    with app.app_context():
+        ingest_events(ny, batch, now=NOW)
+    locked, order, errors = threading.Event(), [], []
+
+    def other_writer():
+        try:
+            with app.app_context():
+                with tenant_scope(ny.id):
+                    lock_tenant(ny.id)
+                locked.set()
+                time.sleep(0.3)
+                order.append("other writer commits")
+                db.session.commit()
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+            locked.set()
+
+    thread = threading.Thread(target=other_writer, daemon=True)
+    thread.start()
+    assert locked.wait(30)
+    with app.app_context():
+        result = ingest_events(ny, batch, now=NOW)
+        order.append("batch done")
+    thread.join(30)
+    assert not errors, errors
+    assert order == ["other writer commits", "batch done"]
+    assert (result.accepted, result.duplicates) == (0, 1)
 
 
 def test_concurrent_overlapping_batches_count_each_event_once(app, ny):
