@@ -46,6 +46,9 @@ RESOURCE_PAYMENTS = "Payments"
 RESOURCE_INVOICES = "Invoices"
 RESOURCE_API_KEYS = "ApiKeys"
 RESOURCE_API_DOCS = "ApiDocs"
+RESOURCE_COSTS = "CostBreakdown"
+RESOURCE_ANALYTICS = "UsageAnalytics"
+RESOURCE_PLATFORM_OVERVIEW = "PlatformOverview"
 # FAB's own security views, kept for the Platform Admin.
 RESOURCE_FAB_USERS = "UserDBModelView"
 RESOURCE_FAB_ROLES = "RoleModelView"
@@ -73,6 +76,9 @@ MENU_PAYMENTS = "Payment methods and credit"
 MENU_INVOICES = "Invoices"
 MENU_API_KEYS = "API keys"
 MENU_API_DOCS = "API reference"
+MENU_COSTS = "Cost breakdown"
+MENU_ANALYTICS = "Usage analytics"
+MENU_PLATFORM_OVERVIEW = "Overview and revenue"
 
 
 def _rw(resource: str) -> tuple[tuple[str, str], ...]:
@@ -127,6 +133,13 @@ MATRIX: tuple[MatrixRow, ...] = (
         notes="invoices and their PDFs; the credit ledger's transactions and their CSV",
     ),
     MatrixRow(
+        "view cost breakdown and usage analytics",
+        {PLATFORM_ADMIN: "all", TENANT_ADMIN: "own", BILLING_CONTACT: "own"},
+        grants=((CAN_READ, RESOURCE_COSTS), (CAN_READ, RESOURCE_ANALYTICS))
+        + _menus(MENU_BILLING, MENU_COSTS, MENU_ANALYTICS),
+        notes="the cost breakdown, the analytics charts and their CSV and JSON",
+    ),
+    MatrixRow(
         "update plan",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "request", BILLING_CONTACT: "no"},
         grants=((CAN_READ, RESOURCE_PLAN), ("can_change", RESOURCE_PLAN))
@@ -163,9 +176,9 @@ MATRIX: tuple[MatrixRow, ...] = (
         + _rw(RESOURCE_PLATFORM_USERS)
         + _rw(RESOURCE_PLAN_CATALOG)
         + ((CAN_WRITE, RESOURCE_LEDGER_ADMIN), ("can_refund", RESOURCE_PAYMENTS),
-           (CAN_WRITE, RESOURCE_INVOICES))
+           (CAN_WRITE, RESOURCE_INVOICES), (CAN_READ, RESOURCE_PLATFORM_OVERVIEW))
         + _menus(MENU_PLATFORM, MENU_TENANTS, MENU_ALL_USERS, MENU_PLAN_CATALOG,
-                 MENU_LEDGER_ADMIN),
+                 MENU_LEDGER_ADMIN, MENU_PLATFORM_OVERVIEW),
     ),
     MatrixRow(
         "platform security (FAB users and roles)",

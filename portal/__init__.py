@@ -58,15 +58,22 @@ def init_database(app: Flask) -> None:
 
 def init_appbuilder(app: Flask) -> None:
     from api.views import ApiDocsView, ApiKeysView
+    from invoices.analytics_views import (
+        CostBreakdownView,
+        PlatformOverviewView,
+        UsageAnalyticsView,
+    )
     from invoices.invoice_views import InvoicesView
     from invoices.views import LedgerAdminView, PaymentsView, TransactionsView
     from permissions.matrix import (
         MENU_ACCOUNT,
         MENU_ALL_USERS,
+        MENU_ANALYTICS,
         MENU_API_DOCS,
         MENU_API_KEYS,
         MENU_AUDIT_LOG,
         MENU_BILLING,
+        MENU_COSTS,
         MENU_INVOICES,
         MENU_LEDGER_ADMIN,
         MENU_PAYMENTS,
@@ -74,6 +81,7 @@ def init_appbuilder(app: Flask) -> None:
         MENU_PLAN_CATALOG,
         MENU_PLAN_REQUESTS,
         MENU_PLATFORM,
+        MENU_PLATFORM_OVERVIEW,
         MENU_TEAM,
         MENU_TENANTS,
         MENU_TRANSACTIONS,
@@ -95,8 +103,14 @@ def init_appbuilder(app: Flask) -> None:
                             category=MENU_BILLING)
         appbuilder.add_view(PaymentsView, MENU_PAYMENTS, icon="fa-credit-card",
                             category=MENU_BILLING)
+        appbuilder.add_view(CostBreakdownView, MENU_COSTS, icon="fa-pie-chart",
+                            category=MENU_BILLING)
+        appbuilder.add_view(UsageAnalyticsView, MENU_ANALYTICS, icon="fa-line-chart",
+                            category=MENU_BILLING)
         appbuilder.add_view(TenantView, MENU_TENANTS, icon="fa-building",
                             category=MENU_PLATFORM, category_icon="fa-server")
+        appbuilder.add_view(PlatformOverviewView, MENU_PLATFORM_OVERVIEW, icon="fa-bar-chart",
+                            category=MENU_PLATFORM)
         appbuilder.add_view(PlanCatalogView, MENU_PLAN_CATALOG, icon="fa-list",
                             category=MENU_PLATFORM)
         appbuilder.add_view(PlanRequestQueueView, MENU_PLAN_REQUESTS, icon="fa-inbox",

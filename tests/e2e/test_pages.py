@@ -47,6 +47,11 @@ PAGES = [
     ("payments", "acme-admin", "/billing/payments/"),
     ("invoices", "acme-billing", "/billing/invoices/"),
     ("invoices-of-a-tenant", "platform", "/billing/invoices/?tenant=globex"),
+    ("cost-breakdown", "acme-billing", "/billing/costs/"),
+    ("cost-breakdown-of-a-tenant", "platform", "/billing/costs/?tenant=initech&sort=name"),
+    ("usage-analytics", "acme-admin", "/billing/analytics/"),
+    ("usage-analytics-year", "acme-billing", "/billing/analytics/?view=year"),
+    ("platform-overview", "platform", "/platform/overview/"),
     ("api-keys", "acme-admin", "/account/api-keys/"),
     ("api-reference", "acme-billing", "/api-docs/"),
     ("stripe-checkout", "acme-admin", CHECKOUT),
@@ -66,6 +71,8 @@ MAIN_PAGES = [
     ("plan", "/plan/"),
     ("payments", "/billing/payments/"),
     ("invoices", "/billing/invoices/"),
+    ("cost-breakdown", "/billing/costs/"),
+    ("usage-analytics", "/billing/analytics/"),
 ]
 WIDTHS = [1280, 390]
 # Main pages too wide for a width today, by (page, width): the reason says which
