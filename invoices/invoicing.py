@@ -352,12 +352,21 @@ def close_due(*, period_label: str | None = None, tenant_slug: str | None = None
             plan.append((tenant, [period]))
         else:
             plan.append((tenant, periods_to_close(tenant, today)))
+    # Only ids are kept from here: holding every tenant would keep them all in the
+    # session, and each tenant's commit would expire (and each flush visit) all of
+    # them, so the cost per tenant would grow with the number of tenants.
+    plan = [(tenant.id, periods) for tenant, periods in plan]
+    del tenants
     results = []
-    for done, (tenant, periods) in enumerate(plan, start=1):
+    for done, (tenant_id, periods) in enumerate(plan, start=1):
+        with unscoped():
+            tenant = db.session.get(Tenant, tenant_id)
         for period in periods:
             invoice = close_period(tenant, period, now=now, render=render)
             results.append(CloseResult(tenant.slug, period.label, invoice.number,
                                        invoice.total_minor, invoice.status))
+            del invoice
+        del tenant
         if progress:
             progress(done, len(plan))
     return results
