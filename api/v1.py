@@ -32,6 +32,7 @@ from plans.usage import usage_summary
 from portal.errors import NotFoundError
 from portal.formatting import local_datetime
 from portal.money import Money
+from portal.paging import INT32_MAX, INT64_MAX
 from tenants.models import Tenant
 from tenants.scoping import ALL_TENANTS, Scope, TenantScopeError, reset_scope, set_scope
 
@@ -165,13 +166,16 @@ def _limit() -> int:
     return int(raw)
 
 
-def _before() -> int | None:
+def _before(largest_id: int = INT64_MAX) -> int | None:
+    """The ``before`` cursor. A cursor above any id the table can hold means "from the
+    newest", like no cursor (the database would refuse it as out of range)."""
     raw = request.args.get("before", "")
     if not raw:
         return None
     if not raw.isdigit():
         raise bad_parameters({"before": "the next_before value of the previous page"})
-    return int(raw)
+    value = int(raw)
+    return None if value > largest_id else value
 
 
 def _moment(name: str, timezone: str, errors: dict[str, str]) -> tuple[dt.date | None,
@@ -402,7 +406,8 @@ def invoices():
     where = invoicing.InvoiceFilter(
         statuses, start.astimezone(zone).date() if start else None,
         end.astimezone(zone).date() if end else None)
-    rows, has_more = invoicing.list_invoices(tenant, where, before=_before(), limit=_limit())
+    rows, has_more = invoicing.list_invoices(tenant, where, before=_before(INT32_MAX),
+                                             limit=_limit())
     return jsonify({"data": [_invoice(i) for i in rows], "has_more": has_more,
                     "next_before": rows[-1].id if has_more and rows else None})
 
@@ -457,7 +462,7 @@ def platform_revenue():
 @bp.get("/platform/tenants")
 @requires("platform:read")
 def platform_tenants():
-    rows, has_more = queries.tenants_overview(_before(), _limit())
+    rows, has_more = queries.tenants_overview(_before(INT32_MAX), _limit())
     return jsonify({
         "data": [{"slug": r.tenant.slug, "name": r.tenant.name, "status": r.tenant.status,
                   "currency": r.tenant.currency, "plan": r.plan, "balance": r.balance,

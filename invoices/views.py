@@ -10,7 +10,6 @@ from decimal import Decimal, InvalidOperation
 import stripe
 from flask import (
     Response,
-    abort,
     current_app,
     flash,
     g,
@@ -34,6 +33,7 @@ from portal.audit import Actor
 from portal.errors import ValidationFailed, attach_errors
 from portal.formatting import local_datetime
 from portal.money import Money
+from portal.paging import cursor_arg
 from portal.tenancy import page_tenant, tenant_picker
 
 
@@ -80,15 +80,6 @@ def _csv_export(what: str, header: list[str], rows) -> Response:
                     headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 
 
-def _cursor() -> int | None:
-    raw = request.args.get("before", "").strip()
-    if not raw:
-        return None
-    if not raw.isdigit():
-        abort(400)
-    return int(raw)
-
-
 class TransactionsView(BaseView):
     """Every movement of the tenant's credit, newest first, 50 at a time."""
 
@@ -106,7 +97,7 @@ class TransactionsView(BaseView):
         where, shown, errors = _filters(tenant)
         for message in errors:
             flash(message, "danger")
-        page = ledger.list_entries(tenant, before=_cursor(), where=where)
+        page = ledger.list_entries(tenant, before=cursor_arg(), where=where)
         return self.render_template(
             "invoices/transactions.html", tenant=tenant, page=page, shown=shown,
             types=list(ENTRY_SIGNS), balance=ledger.balance(tenant),

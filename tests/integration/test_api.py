@@ -309,3 +309,19 @@ def test_tenant_admin_creates_and_revokes_a_key_in_the_portal(app, world, client
     assert bad.status_code == 400
     assert login("alpha-billing").get("/account/api-keys/").status_code == 403
     assert login("bravo-admin").post(f"/account/api-keys/{key_id}/revoke").status_code == 404
+
+
+def test_a_cursor_beyond_any_id_starts_from_the_newest(app, world, client, login):
+    tenant_key = _key(app, _tenant(app, world))
+    platform = _key(app, None, "platform:read")
+    huge = "99999999999999999999"
+    for url, headers in ((f"/api/v1/transactions?before={huge}", tenant_key),
+                         (f"/api/v1/invoices?before={huge}", tenant_key),
+                         (f"/api/v1/platform/tenants?before={huge}", platform)):
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200, url
+    assert {t["slug"] for t in client.get(f"/api/v1/platform/tenants?before={huge}",
+                                          headers=platform).get_json()["data"]} == {
+        "alpha", "bravo"}
+    page = login("alpha-billing").get(f"/billing/transactions/?before={huge}")
+    assert page.status_code == 200
