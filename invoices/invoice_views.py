@@ -17,11 +17,11 @@ from wtforms.validators import DataRequired, Length
 from invoices import auto_recharge, invoicing, usage_charges
 from invoices.invoice_pdf import SERVICE_LABELS
 from invoices.models import INVOICE_STATUSES, Invoice
+from invoices.views import date_args, parse_amount
 from permissions.matrix import RESOURCE_INVOICES
 from plans.metrics import METRICS
 from portal.audit import Actor
 from portal.errors import ValidationFailed, attach_errors
-from portal.money import Money
 from portal.tenancy import page_tenant, tenant_picker
 
 
@@ -78,14 +78,7 @@ class InvoicesView(BaseView):
         if any(s not in INVOICE_STATUSES for s in statuses):
             errors.append("unknown status")
             statuses = tuple(s for s in statuses if s in INVOICE_STATUSES)
-        days = {}
-        for key in ("from", "to"):
-            raw = request.args.get(key, "").strip()
-            if raw:
-                try:
-                    days[key] = dt.date.fromisoformat(raw)
-                except ValueError:
-                    errors.append(f"{key} must be a date such as 2026-11-01")
+        days = date_args(errors)
         where = invoicing.InvoiceFilter(
             statuses, days.get("from"),
             days["to"] + dt.timedelta(days=1) if "to" in days else None)
@@ -156,12 +149,9 @@ class InvoicesView(BaseView):
         invoice = invoicing.get_invoice(tenant, number)
         form = MarkPaidForm()
         if form.validate():
-            amount = None
             try:
-                if (form.amount.data or "").strip():
-                    amount = Money(Decimal(form.amount.data.strip().replace(",", "")),
-                                   invoice.currency).to_minor()
-            except (InvalidOperation, ValueError):
+                amount = parse_amount(form.amount.data, invoice.currency)
+            except ValueError:
                 form.amount.errors = ["enter an amount such as 1200.00"]
             else:
                 try:

@@ -37,14 +37,9 @@ from portal.paging import cursor_arg
 from portal.tenancy import page_tenant, tenant_picker
 
 
-def _filters(tenant) -> tuple[ledger.EntryFilter, dict, list[str]]:
-    """The type and date-range filters of the query string, dates in the tenant's zone."""
-    errors = []
-    types = tuple(t for t in request.args.getlist("type") if t)
-    unknown = [t for t in types if t not in ENTRY_SIGNS]
-    if unknown:
-        errors.append(f"unknown type: {', '.join(unknown)}")
-        types = tuple(t for t in types if t in ENTRY_SIGNS)
+def date_args(errors: list[str]) -> dict[str, dt.date]:
+    """The query string's ``from`` and ``to`` dates; a malformed one adds to
+    ``errors`` and is left out."""
     days = {}
     for key in ("from", "to"):
         raw = request.args.get(key, "").strip()
@@ -53,6 +48,18 @@ def _filters(tenant) -> tuple[ledger.EntryFilter, dict, list[str]]:
                 days[key] = dt.date.fromisoformat(raw)
             except ValueError:
                 errors.append(f"{key} must be a date such as 2026-11-01")
+    return days
+
+
+def _filters(tenant) -> tuple[ledger.EntryFilter, dict, list[str]]:
+    """The type and date-range filters of the query string, dates in the tenant's zone."""
+    errors = []
+    types = tuple(t for t in request.args.getlist("type") if t)
+    unknown = [t for t in types if t not in ENTRY_SIGNS]
+    if unknown:
+        errors.append(f"unknown type: {', '.join(unknown)}")
+        types = tuple(t for t in types if t in ENTRY_SIGNS)
+    days = date_args(errors)
     if "from" in days and "to" in days and days["from"] > days["to"]:
         errors.append("the range ends before it starts")
         days = {}
@@ -200,7 +207,7 @@ class RefundForm(FlaskForm):
     request_key = HiddenField()
 
 
-def _parse_amount(raw: str | None, currency: str) -> int | None:
+def parse_amount(raw: str | None, currency: str) -> int | None:
     """Minor units of a typed amount; None when empty; ValueError when unreadable."""
     text = (raw or "").strip().replace(",", "")
     if not text:
@@ -330,8 +337,8 @@ class PaymentsView(BaseView):
         form = AutoRechargeForm(prefix="recharge")
         if form.validate():
             try:
-                threshold = _parse_amount(form.threshold.data, tenant.currency)
-                amount = _parse_amount(form.amount.data, tenant.currency)
+                threshold = parse_amount(form.threshold.data, tenant.currency)
+                amount = parse_amount(form.amount.data, tenant.currency)
             except ValueError as exc:
                 form.threshold.errors = [str(exc)]
             else:
@@ -356,7 +363,7 @@ class PaymentsView(BaseView):
         form = RefundForm(prefix=f"r{purchase.id}")
         if form.validate():
             try:
-                amount = _parse_amount(form.amount.data, tenant.currency)
+                amount = parse_amount(form.amount.data, tenant.currency)
                 payments.refund_purchase(Actor.for_user(g.user), tenant, purchase.id, amount,
                                          form.reason.data, form.request_key.data or "")
             except ValueError as exc:
