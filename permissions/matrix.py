@@ -49,6 +49,8 @@ RESOURCE_API_DOCS = "ApiDocs"
 RESOURCE_COSTS = "CostBreakdown"
 RESOURCE_ANALYTICS = "UsageAnalytics"
 RESOURCE_PLATFORM_OVERVIEW = "PlatformOverview"
+RESOURCE_ALERTS = "BudgetAlerts"
+RESOURCE_NOTIFICATIONS = "Notifications"
 # FAB's own security views, kept for the Platform Admin.
 RESOURCE_FAB_USERS = "UserDBModelView"
 RESOURCE_FAB_ROLES = "RoleModelView"
@@ -79,6 +81,9 @@ MENU_API_DOCS = "API reference"
 MENU_COSTS = "Cost breakdown"
 MENU_ANALYTICS = "Usage analytics"
 MENU_PLATFORM_OVERVIEW = "Overview and revenue"
+MENU_ALERTS = "Budget alerts"
+MENU_ALERT_HISTORY = "Alert history"
+MENU_NOTIFICATIONS = "Notifications"
 
 
 def _rw(resource: str) -> tuple[tuple[str, str], ...]:
@@ -116,6 +121,9 @@ MATRIX: tuple[MatrixRow, ...] = (
             ("can_this_form_get", RESOURCE_FAB_USER_INFO_EDIT),
             ("can_this_form_post", RESOURCE_FAB_USER_INFO_EDIT),
             (CAN_READ, RESOURCE_API_DOCS),
+            (CAN_READ, RESOURCE_NOTIFICATIONS),
+            (CAN_WRITE, RESOURCE_NOTIFICATIONS),
+            (MENU_ACCESS, MENU_NOTIFICATIONS),
             (MENU_ACCESS, MENU_ACCOUNT),
             (MENU_ACCESS, MENU_API_DOCS),
         ),
@@ -156,7 +164,8 @@ MATRIX: tuple[MatrixRow, ...] = (
     MatrixRow(
         "set budget alerts",
         {PLATFORM_ADMIN: "all", TENANT_ADMIN: "own", BILLING_CONTACT: "own"},
-        pending="alert pages come with budget alerts",
+        grants=_rw(RESOURCE_ALERTS) + _menus(MENU_BILLING, MENU_ALERTS, MENU_ALERT_HISTORY),
+        notes="alert rules, the alert history and retrying a failed delivery",
     ),
     MatrixRow(
         "manage tenant users, API keys",

@@ -21,9 +21,11 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import bindparam, func, select
 from sqlalchemy import inspect as sa_inspect
 
+from plans.alerts import EVALUATE_JOB as EVALUATE_ALERTS_JOB
 from plans.metrics import METRICS, PEAK, SERVICES
 from plans.models import UsageRollup, from_micro
 from plans.periods import Period
+from portal import jobs
 from portal.extensions import db
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
@@ -355,6 +357,7 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
             new = _write_new_events(tenant_id, list(seen.values()), dialect)
             if new:
                 _upsert_rollups(tenant_id, new, dialect)
+                jobs.defer(EVALUATE_ALERTS_JOB, tenant_id)
             db.session.commit()
     except BaseException:
         db.session.rollback()

@@ -252,3 +252,107 @@ MICRO = Decimal(1_000_000)
 
 def from_micro(micro: int) -> Decimal:
     return Decimal(micro) / MICRO
+
+
+ALERT_KINDS = ("usage", "overage", "forecast", "spend", "metric", "credit")
+ALERT_CHANNELS = ("email", "in_app", "sms")
+
+
+class AlertRule(TenantScoped, Model):
+    """When to alert a tenant and through which channels.
+
+    ``kind`` says what is watched: ``usage`` a percentage of a plan limit,
+    ``overage`` usage past a plan limit, ``forecast`` the percentage the burn rate
+    projects for the period's end, ``metric`` a quantity of one metric, ``spend`` the
+    period's cost so far, ``credit`` a prepaid balance under an amount. ``metric``
+    narrows usage, overage and forecast rules to one metric (NULL: every metric
+    with a limit). ``system_key`` marks the three rules every tenant starts with.
+    """
+
+    __tablename__ = "alert_rule"
+    __table_args__ = (
+        CheckConstraint("kind in ({})".format(", ".join(f"'{k}'" for k in ALERT_KINDS)),
+                        name="ck_alert_rule_kind"),
+        CheckConstraint(f"metric IS NULL OR {METRIC_CHECK}", name="ck_alert_rule_metric"),
+        CheckConstraint("threshold IS NULL OR threshold >= 0", name="ck_alert_rule_threshold"),
+        CheckConstraint("amount_minor IS NULL OR amount_minor >= 0",
+                        name="ck_alert_rule_amount"),
+        Index("uq_alert_rule_system_key", "tenant_id", "system_key", unique=True,
+              sqlite_where=text("system_key IS NOT NULL"),
+              postgresql_where=text("system_key IS NOT NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    metric: Mapped[str | None] = mapped_column(String(32))
+    # A percentage (usage, forecast) or a quantity in billing units (metric).
+    threshold: Mapped[Decimal | None] = mapped_column(QUANTITY)
+    # An amount in the tenant's currency, minor units (spend, credit).
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    channels: Mapped[str] = mapped_column(String(64), nullable=False, default="email,in_app")
+    email_to: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    sms_to: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    system_key: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    created_by: Mapped[str] = mapped_column(String(256), nullable=False, default="system")
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    tenant = relationship("Tenant")
+
+    @property
+    def channel_list(self) -> list[str]:
+        return [c for c in ALERT_CHANNELS if c in self.channels.split(",")]
+
+    @property
+    def email_list(self) -> list[str]:
+        return [a.strip() for a in self.email_to.replace(";", ",").split(",") if a.strip()]
+
+    @property
+    def sms_list(self) -> list[str]:
+        return [n.strip() for n in self.sms_to.replace(";", ",").split(",") if n.strip()]
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Alert(TenantScoped, Model):
+    """One firing of a rule: a threshold crossed in a period, for one subject (a
+    metric, or "" for rules about the whole account).
+
+    At most one uncleared alert exists per rule, period and subject, which is what
+    makes a rule fire once per threshold per period, also when evaluations run
+    concurrently. An alert is cleared when its condition stops holding (a raised
+    limit, a balance topped up), which re-arms the rule."""
+
+    __tablename__ = "alert"
+    __table_args__ = (
+        Index("uq_alert_armed", "rule_id", "period_start", "subject", unique=True,
+              sqlite_where=text("cleared_at IS NULL"),
+              postgresql_where=text("cleared_at IS NULL")),
+        Index("ix_alert_tenant_fired", "tenant_id", "fired_at"),
+    )
+    __tenant_index__: ClassVar[bool] = False
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rule_id: Mapped[int | None] = mapped_column(
+        ForeignKey("alert_rule.id", ondelete="SET NULL"), index=True)
+    rule_name: Mapped[str] = mapped_column(String(100), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    level: Mapped[str] = mapped_column(String(16), nullable=False)  # warning|critical|budget
+    subject: Mapped[str] = mapped_column(String(32), nullable=False, default="")
+    period_start: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    period_end: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    threshold_text: Mapped[str] = mapped_column(String(64), nullable=False)
+    value_text: Mapped[str] = mapped_column(String(64), nullable=False)
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    forecast_on: Mapped[dt.date | None] = mapped_column(Date)
+    fired_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    cleared_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+
+    rule: Mapped[AlertRule | None] = relationship()
+    tenant = relationship("Tenant")

@@ -49,6 +49,7 @@ def init_database(app: Flask) -> None:
     import invoices.models  # noqa: F401
     import plans.models  # noqa: F401
     import portal.audit  # noqa: F401
+    import portal.notifications  # noqa: F401
     import tenants.models  # noqa: F401
 
     db.init_app(app)
@@ -67,6 +68,8 @@ def init_appbuilder(app: Flask) -> None:
     from invoices.views import LedgerAdminView, PaymentsView, TransactionsView
     from permissions.matrix import (
         MENU_ACCOUNT,
+        MENU_ALERT_HISTORY,
+        MENU_ALERTS,
         MENU_ALL_USERS,
         MENU_ANALYTICS,
         MENU_API_DOCS,
@@ -76,6 +79,7 @@ def init_appbuilder(app: Flask) -> None:
         MENU_COSTS,
         MENU_INVOICES,
         MENU_LEDGER_ADMIN,
+        MENU_NOTIFICATIONS,
         MENU_PAYMENTS,
         MENU_PLAN,
         MENU_PLAN_CATALOG,
@@ -87,7 +91,9 @@ def init_appbuilder(app: Flask) -> None:
         MENU_TRANSACTIONS,
         MENU_USAGE,
     )
+    from plans.alert_views import AlertsView
     from plans.views import PlanCatalogView, PlanRequestQueueView, PlanView, UsageView
+    from portal.notification_views import NotificationsView
     from portal.views import AuditLogView
     from tenants.views import InvitationView, PlatformUsersView, TeamView, TenantView
 
@@ -107,6 +113,9 @@ def init_appbuilder(app: Flask) -> None:
                             category=MENU_BILLING)
         appbuilder.add_view(UsageAnalyticsView, MENU_ANALYTICS, icon="fa-line-chart",
                             category=MENU_BILLING)
+        appbuilder.add_view(AlertsView, MENU_ALERTS, icon="fa-bell", category=MENU_BILLING)
+        appbuilder.add_link(MENU_ALERT_HISTORY, href="/billing/alerts/history",
+                            icon="fa-bell-o", category=MENU_BILLING)
         appbuilder.add_view(TenantView, MENU_TENANTS, icon="fa-building",
                             category=MENU_PLATFORM, category_icon="fa-server")
         appbuilder.add_view(PlatformOverviewView, MENU_PLATFORM_OVERVIEW, icon="fa-bar-chart",
@@ -123,6 +132,8 @@ def init_appbuilder(app: Flask) -> None:
                             category_icon="fa-id-card",
                             menu_cond=lambda: g.user.tenant_id is not None)
         appbuilder.add_view(AuditLogView, MENU_AUDIT_LOG, icon="fa-history",
+                            category=MENU_ACCOUNT)
+        appbuilder.add_view(NotificationsView, MENU_NOTIFICATIONS, icon="fa-bell",
                             category=MENU_ACCOUNT)
         appbuilder.add_view(ApiKeysView, MENU_API_KEYS, icon="fa-key", category=MENU_ACCOUNT)
         appbuilder.add_view(ApiDocsView, MENU_API_DOCS, icon="fa-book", category=MENU_ACCOUNT)
@@ -182,6 +193,8 @@ def init_errors(app: Flask) -> None:
 def init_jobs(app: Flask) -> None:
     import invoices.auto_recharge  # noqa: F401 - registers its jobs
     import invoices.invoicing  # noqa: F401
+    import plans.alerts  # noqa: F401
+    import portal.notifications  # noqa: F401
     from portal.jobs import init_jobs as init
     from portal.tasks import init_celery
 
@@ -191,8 +204,10 @@ def init_jobs(app: Flask) -> None:
 
 def init_template_filters(app: Flask) -> None:
     from portal.formatting import init_filters
+    from portal.notifications import init_notifications
 
     init_filters(app)
+    init_notifications(app)
 
 
 def init_cli(app: Flask) -> None:

@@ -210,6 +210,30 @@ def charge_usage_command() -> None:
     click.echo(f"{len(results)} prepaid tenant(s).")
 
 
+@billfold.command("evaluate-alerts")
+@click.option("--tenant", "tenant_slug", help="Only this tenant (default: every active tenant)")
+@with_appcontext
+def evaluate_alerts_command(tenant_slug) -> None:
+    """Fire the budget alerts whose threshold is crossed, then send the email and SMS
+    that are due (first attempts and retries)."""
+    from plans.alerts import evaluate_all
+    from portal import jobs
+    from portal.notifications import retry_due
+
+    try:
+        fired = evaluate_all(tenant_slug)
+    except NotFoundError as exc:
+        fail(str(exc))
+    jobs.drain()
+    sent = retry_due()
+    for slug, count in fired.items():
+        if count:
+            click.echo(f"{slug}: {count} alert(s) fired")
+    click.echo(f"{sum(fired.values())} alert(s) fired for {len(fired)} tenant(s); "
+               "deliveries: " + (", ".join(f"{n} {s}" for s, n in sorted(sent.items()))
+                                 or "none due"))
+
+
 @billfold.command("create-api-key")
 @click.option("--tenant", "tenant_slug", help="The tenant the key acts for")
 @click.option("--platform", is_flag=True, help="A platform key (scope platform:read)")

@@ -67,8 +67,19 @@ class Config:
     MAIL_USERNAME: str | None = None
     MAIL_PASSWORD: str | None = None
     MAIL_FROM = "Billfold <billing@localhost>"
+    MAIL_TIMEOUT = 10  # seconds
+    # Budget alerts and their notifications.
+    PORTAL_URL = "http://127.0.0.1:5000"  # the portal's address, for links in messages
+    SMS_GATEWAY_URL: str | None = None  # JSON POST {"to", "message", "reference"}
+    SMS_GATEWAY_TOKEN: str | None = None  # sent as "Authorization: Bearer <token>"
+    SMS_TIMEOUT = 10  # seconds
+    NOTIFY_MAX_ATTEMPTS = 8  # then a delivery is marked failed (a person can retry it)
+    NOTIFY_RETRY_BASE_SECONDS = 60  # doubled after each failed attempt
+    NOTIFY_RETRY_MAX_SECONDS = 3600
+    NOTIFY_CLAIM_TIMEOUT_SECONDS = 600  # a send claimed longer ago is taken over
     DEFAULT_CURRENCY = "USD"
     DEFAULT_TIMEZONE = "UTC"
+
 
 
 def load_config(app, config: dict | None) -> None:

@@ -38,6 +38,10 @@ BEAT_SCHEDULE = {
     "mark-overdue": {"task": "billfold.mark_overdue", "schedule": crontab(minute=15)},
     "auto-recharge-sweep": {"task": "billfold.auto_recharge_sweep",
                             "schedule": crontab()},
+    # Usage is evaluated as it arrives; the schedule catches what else moves a rule
+    # (the balance, the base fee, a plan change) and the first day of a period.
+    "evaluate-alerts": {"task": "billfold.evaluate_alerts", "schedule": crontab(minute="*/15")},
+    "retry-notifications": {"task": "billfold.retry_notifications", "schedule": crontab()},
 }
 
 
@@ -120,6 +124,32 @@ def auto_recharge_sweep() -> dict:
     outcome = sweep()
     jobs.drain()
     return outcome
+
+
+@celery.task(name="billfold.evaluate_alerts")
+def evaluate_alerts() -> int:
+    """Fan out one evaluation per active tenant."""
+    from sqlalchemy import select
+
+    from plans.alerts import EVALUATE_JOB
+    from portal.extensions import db
+    from tenants.models import Tenant, TenantStatus
+    from tenants.scoping import unscoped
+
+    with unscoped():
+        ids = list(db.session.scalars(select(Tenant.id).where(
+            Tenant.status == TenantStatus.ACTIVE).order_by(Tenant.id)))
+    for tenant_id in ids:
+        run_job.delay(EVALUATE_JOB, tenant_id)
+    return len(ids)
+
+
+@celery.task(name="billfold.retry_notifications", **RETRY)
+def retry_notifications() -> dict:
+    """Send the email and SMS deliveries that are due (retries, stale claims)."""
+    from portal.notifications import retry_due
+
+    return retry_due()
 
 
 @celery.task(name="billfold.run_job", **RETRY)

@@ -23,7 +23,7 @@ from portal.audit import Actor
 from portal.errors import NotFoundError, ValidationFailed
 from portal.extensions import db
 from tenants.models import BillfoldUser, Tenant, TenantStatus
-from tenants.scoping import unscoped
+from tenants.scoping import tenant_scope, unscoped
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 TENANT_FIELDS = ["name", "slug", "currency", "timezone", "billing_email", "status"]
@@ -113,6 +113,11 @@ def create_tenant(actor: Actor, data: dict[str, Any]) -> Tenant:
         db.session.flush()
         audit.record("tenant.create", tenant, actor, tenant_id=tenant.id,
                      after=audit.snapshot(tenant, TENANT_FIELDS))
+        with tenant_scope(tenant.id):
+            from plans.alerts import add_default_rules
+
+            add_default_rules(tenant.id)
+            db.session.flush()
         db.session.commit()
     return tenant
 

@@ -22,7 +22,7 @@ from tenants.scoping import (
 from tests.conftest import page_text
 
 # URL arguments that do not name a stored object.
-NON_OBJECT_ARGS = {"filename", "locale", "token", "name", "path"}
+NON_OBJECT_ARGS = {"filename", "locale", "token", "name", "path", "provider"}
 API_PREFIX = "api_v1."
 B_MARKERS = ("Bravo GmbH", "bravo-admin", "bravo-billing", "billing@bravo.example")
 
@@ -82,7 +82,10 @@ def every_kind(app, world):
     from api import keys
     from invoices import invoicing
     from invoices.models import CreditPurchase
+    from plans import alerts
+    from plans.metering import ingest_events
     from plans.periods import period_containing
+    from portal import jobs
     from portal.audit import Actor
 
     with app.app_context(), unscoped():
@@ -94,6 +97,13 @@ def every_kind(app, world):
             db.session.commit()
             invoicing.close_period(tenant, period_containing(dt.date.today()).previous())
             keys.create_key(Actor.system("probe"), tenant, f"{key} key", "usage:read")
+            # An alert with its deliveries and in-app notices.
+            alerts.create_rule(Actor.system("probe"), tenant, {
+                "name": f"{key} queries", "kind": "metric", "metric": "sql_queries",
+                "threshold": "1", "channels": ["email", "in_app"]})
+            ingest_events(tenant, [{"id": f"q-{key}", "metric": "sql_queries", "quantity": 5,
+                                    "timestamp": dt.datetime.now(dt.UTC).isoformat()}])
+            jobs.drain()
     return world
 
 
