@@ -274,7 +274,7 @@ def describe(rule: AlertRule, currency: str) -> str:
     if rule.kind == "usage":
         return f"{_pct(rule.threshold)} of {what}"
     if rule.kind == "overage":
-        return f"past 100 % of {what}"
+        return f"past 100% of {what}"
     if rule.kind == "forecast":
         return f"burn rate projects {_pct(rule.threshold)} of {what} by period end"
     if rule.kind == "metric":

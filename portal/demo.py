@@ -13,6 +13,7 @@ from sqlalchemy import select
 from invoices import invoicing, ledger, usage_charges
 from invoices.models import PaymentMethod
 from permissions.matrix import BILLING_CONTACT, PLATFORM_ADMIN, TENANT_ADMIN
+from plans import alerts
 from plans import services as plan_services
 from plans.metering import ingest_events
 from plans.periods import period_containing, today_in
@@ -214,6 +215,30 @@ def _demo_payment_methods(tenant: Tenant, lines: list[str]) -> None:
     lines.append(f"payment methods for {tenant.slug}")
 
 
+# Rules of each tenant's own beside the three defaults every tenant has.
+DEMO_ALERT_RULES = {
+    "acme": [{"name": "Monthly budget", "kind": "spend", "amount": "650.00",
+              "channels": ["email", "in_app"], "email_to": "cfo@acme.example"},
+             {"name": "Token forecast", "kind": "forecast", "metric": "llm_tokens",
+              "threshold": "95", "channels": ["email", "in_app"]}],
+    "globex": [{"name": "Storage at 70 %", "kind": "usage", "metric": "storage_gb",
+                "threshold": "70", "channels": ["email", "in_app", "sms"],
+                "sms_to": "+442071838750"}],
+    "initech": [{"name": "Query ceiling", "kind": "metric", "metric": "sql_queries",
+                 "threshold": "2500", "channels": ["in_app"]},
+                {"name": "Low prepaid credit", "kind": "credit", "amount": "50.00",
+                 "channels": ["email", "in_app"]}],
+}
+
+
+def _demo_alert_rules(tenant: Tenant, lines: list[str]) -> None:
+    have = {rule.name for rule in alerts.list_rules(tenant)}
+    for rule in DEMO_ALERT_RULES.get(tenant.slug, []):
+        if rule["name"] not in have:
+            alerts.create_rule(DEMO_ACTOR, tenant, rule)
+            lines.append(f"alert rule {rule['name']!r} for {tenant.slug}")
+
+
 def load_demo() -> list[str]:
     """Create what is missing of the demo; returns a line per object created."""
     lines: list[str] = []
@@ -237,11 +262,16 @@ def load_demo() -> list[str]:
             _demo_usage(tenant, spec_usage, start, lines)
             _demo_ledger(tenant, start, lines)
             _demo_payment_methods(tenant, lines)
+            _demo_alert_rules(tenant, lines)
     for result in invoicing.close_due():
         lines.append(f"invoice {result.number} for {result.tenant} {result.period}: "
                      f"{result.status}")
     for slug, outcome in usage_charges.run_all().items():
         if outcome["settled"]:
             lines.append(f"daily usage charges for {slug}: {outcome['settled']} day(s)")
+    jobs.drain()
+    for slug, fired in alerts.evaluate_all().items():
+        if fired:
+            lines.append(f"budget alerts for {slug}: {fired} fired")
     jobs.drain()
     return lines or ["demo data already present"]

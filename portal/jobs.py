@@ -67,7 +67,12 @@ def _dispatch_committed(session: Session) -> None:
         for name, args in jobs:
             run_job.delay(name, *args)  # to the workers, through the broker
         return
-    _pending().extend(jobs)
+    # A job already waiting with the same arguments runs after this commit anyway and
+    # sees what it wrote: once is enough (an evaluation per ingested batch, say).
+    queue = _pending()
+    for job in jobs:
+        if job not in queue:
+            queue.append(job)
 
 
 @event.listens_for(Session, "after_rollback")

@@ -53,6 +53,11 @@ PAGES = [
     ("usage-analytics-year", "acme-billing", "/billing/analytics/?view=year"),
     ("platform-overview", "platform", "/platform/overview/"),
     ("api-keys", "acme-admin", "/account/api-keys/"),
+    ("budget-alerts", "initech-billing", "/billing/alerts/"),
+    ("budget-alerts-of-a-tenant", "platform", "/billing/alerts/?tenant=globex"),
+    ("alert-history", "initech-admin", "/billing/alerts/history"),
+    ("alert-history-all-tenants", "platform", "/billing/alerts/history"),
+    ("notifications", "initech-billing", "/notifications/"),
     ("api-reference", "acme-billing", "/api-docs/"),
     ("stripe-checkout", "acme-admin", CHECKOUT),
     ("team", "acme-admin", "/team/list/"),
@@ -73,6 +78,9 @@ MAIN_PAGES = [
     ("invoices", "/billing/invoices/"),
     ("cost-breakdown", "/billing/costs/"),
     ("usage-analytics", "/billing/analytics/"),
+    ("budget-alerts", "/billing/alerts/"),
+    ("alert-history", "/billing/alerts/history"),
+    ("notifications", "/notifications/"),
 ]
 WIDTHS = [1280, 390]
 # Main pages too wide for a width today, by (page, width): the reason says which
