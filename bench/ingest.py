@@ -7,7 +7,8 @@ the same rows, column for column, into ``usage_event`` for a second tenant as fa
 the database takes them, with the same transaction boundaries (a batch of 1,000 is
 all or nothing, so each is committed): an ``executemany`` of a plain INSERT per batch
 on SQLite, ``COPY`` per batch on PostgreSQL. The baseline's rows are prepared before its clock
-starts, so it measures the database's bulk-write ceiling; it writes no rollups.
+starts, so it measures the database's bulk-write ceiling; it writes no rollups. The two
+are timed batch by batch in turn, service then raw, so both see the same machine.
 
     python bench/ingest.py [--quick]
 """
@@ -18,6 +19,7 @@ import datetime as dt
 import random
 import sys
 import tempfile
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -26,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     Measure,
     Row,
-    Stopwatch,
     log,
     migrated_app,
     new_tenant,
@@ -94,19 +95,6 @@ def batches(events: list[dict]):
         yield events[start:start + BATCH]
 
 
-def ingest_through_service(tenant, events: list[dict]) -> float:
-    """Seconds to store ``events`` with ``ingest_events``, batch by batch."""
-    from plans.metering import ingest_events
-
-    accepted = 0
-    with Stopwatch() as clock:
-        for batch in batches(events):
-            accepted += ingest_events(tenant, batch).accepted
-    if accepted != len(events):
-        raise RuntimeError(f"the service accepted {accepted} of {len(events)} events")
-    return clock.seconds
-
-
 def raw_rows(tenant, events: list[dict]) -> list[tuple]:
     """The rows the service would write for ``tenant``, in COLUMNS order, as Python
     values. The service's own validator computes them, so both sides store the same
@@ -122,11 +110,11 @@ def raw_rows(tenant, events: list[dict]) -> list[tuple]:
     return rows
 
 
-def raw_insert_sqlite(rows: list[tuple]) -> float:
-    """Seconds for an executemany of a plain INSERT on the DBAPI connection per batch
-    of 1,000, each committed, as the service commits each batch. Values are first
-    converted as SQLAlchemy would bind them (dates and timestamps as text), outside
-    the timing."""
+def sqlite_writer(rows: list[tuple]):
+    """A function writing rows[start:end] with an executemany of a plain INSERT on the
+    DBAPI connection, then committing, as the service commits each batch. Values are
+    first converted as SQLAlchemy would bind them (dates and timestamps as text),
+    before any clock starts."""
     from plans.models import UsageEvent
     from portal.extensions import db
 
@@ -139,35 +127,58 @@ def raw_insert_sqlite(rows: list[tuple]) -> float:
     sql = "INSERT INTO usage_event ({}) VALUES ({})".format(
         ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS)))
     pooled = db.engine.raw_connection()
-    try:
-        conn = pooled.driver_connection
-        with Stopwatch() as clock:
-            for start in range(0, len(bound), BATCH):
-                conn.executemany(sql, bound[start:start + BATCH])
-                conn.commit()
-    finally:
-        pooled.close()
-    return clock.seconds
+    conn = pooled.driver_connection
+
+    def write(start: int, end: int) -> None:
+        conn.executemany(sql, bound[start:end])
+        conn.commit()
+
+    return write, pooled.close
 
 
-def raw_insert_postgres(rows: list[tuple]) -> float:
-    """Seconds to COPY the rows into usage_event, one COPY and commit per batch of
-    1,000, as the service commits each batch."""
+def postgres_writer(rows: list[tuple]):
+    """A function that COPYs rows[start:end] into usage_event and commits."""
     from portal.extensions import db
 
     sql = "COPY usage_event ({}) FROM STDIN".format(", ".join(COLUMNS))
     pooled = db.engine.raw_connection()
+    conn = pooled.driver_connection
+
+    def write(start: int, end: int) -> None:
+        with conn.cursor() as cur, cur.copy(sql) as copy:
+            for row in rows[start:end]:
+                copy.write_row(row)
+        conn.commit()
+
+    return write, pooled.close
+
+
+def side_by_side(case: str, service_tenant, raw_tenant, events: list[dict]
+                 ) -> tuple[float, float]:
+    """Seconds for the service and for the raw bulk write, timed batch by batch in
+    turn (service batch k, then raw batch k), so that both sides see the same machine:
+    anything else running slows both alike instead of one."""
+    from plans.metering import ingest_events
+
+    rows = raw_rows(raw_tenant, events)
+    write, close = sqlite_writer(rows) if case == "sqlite" else postgres_writer(rows)
+    service_s = raw_s = 0.0
+    accepted = 0
+    clock = time.perf_counter
     try:
-        conn = pooled.driver_connection
-        with Stopwatch() as clock:
-            for start in range(0, len(rows), BATCH):
-                with conn.cursor() as cur, cur.copy(sql) as copy:
-                    for row in rows[start:start + BATCH]:
-                        copy.write_row(row)
-                conn.commit()
+        for start in range(0, len(events), BATCH):
+            batch = events[start:start + BATCH]
+            began = clock()
+            accepted += ingest_events(service_tenant, batch).accepted
+            service_s += clock() - began
+            began = clock()
+            write(start, start + len(batch))
+            raw_s += clock() - began
     finally:
-        pooled.close()
-    return clock.seconds
+        close()
+    if accepted != len(events):
+        raise RuntimeError(f"the service accepted {accepted} of {len(events)} events")
+    return service_s, raw_s
 
 
 def count_rows(tenant) -> tuple[int, int]:
@@ -188,13 +199,12 @@ def run_case(case: str, url: str, events: list[dict]) -> Row:
     with migrated_app(url):
         service_tenant = new_tenant("bench-service")
         raw_tenant = new_tenant("bench-raw")
-        log(f"{case}: ingesting {len(events):,} events through the service")
-        service_s = ingest_through_service(service_tenant, events)
+        log(f"{case}: {len(events):,} events through the service and the same rows "
+            "written raw, batch by batch in turn")
+        service_s, raw_s = side_by_side(case, service_tenant, raw_tenant, events)
         stored, rollups = count_rows(service_tenant)
-        rows = raw_rows(raw_tenant, events)
-        log(f"{case}: raw bulk insert of the same {len(rows):,} rows")
-        raw_s = raw_insert_sqlite(rows) if case == "sqlite" else raw_insert_postgres(rows)
         raw_stored, _ = count_rows(raw_tenant)
+    rows = events
     if stored != len(events) or raw_stored != len(rows):
         raise RuntimeError(f"{case}: stored {stored} and {raw_stored} of {len(events)} rows")
     service_rate, raw_rate = len(events) / service_s, len(rows) / raw_s
