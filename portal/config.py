@@ -42,6 +42,20 @@ class Config:
     RATELIMIT_STORAGE_URI = "memory://"
     AUTH_RATE_LIMITED = True
     AUTH_RATE_LIMIT = "10 per 20 second"
+    AUTH_DB_LOGIN_ENABLED = True  # username and password sign-in (docs/sso.md)
+
+    # Single sign-on over OpenID Connect (docs/sso.md); off while OIDC_ISSUER is unset
+    OIDC_ISSUER: str | None = None  # discovery at <issuer>/.well-known/openid-configuration
+    OIDC_CLIENT_ID: str | None = None
+    OIDC_CLIENT_SECRET: str | None = None  # from BILLFOLD_OIDC_CLIENT_SECRET only
+    OIDC_PROVIDER_NAME = "SSO"  # the button reads "Sign in with <name>"
+    OIDC_SCOPES = "openid email profile"
+    OIDC_ROLE_CLAIM = "groups"  # a claim listing the person's groups
+    OIDC_ROLE_MAP: dict[str, str] | str | None = None  # JSON: group -> Billfold role
+    OIDC_TENANT_CLAIM: str | None = None  # a claim holding the tenant's slug
+    OIDC_TENANT_DOMAINS: dict[str, str] | str | None = None  # JSON: email domain -> slug
+    OIDC_REDIRECT_URI: str | None = None  # default: <portal URL>/oauth-authorized/oidc
+    OIDC_TIMEOUT_SECONDS = 10
     WTF_CSRF_ENABLED = True
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
