@@ -17,6 +17,55 @@ from tenants.scoping import unscoped
 
 PG_URL = os.environ.get("BILLFOLD_TEST_DATABASE_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
+# Under pytest-xdist (``make test`` runs two workers) each worker has a PostgreSQL
+# database of its own, named after the given one; tests that share Redis or drive the
+# browser stay on one worker each (``xdist_group``), since they share a server.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+SHARED_SERVER_GROUPS = {"test_tasks.py": "redis", "test_runtime.py": "redis"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "xdist_group(name): tests that share a server run on one xdist worker")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        if "e2e" in item.path.parts:
+            item.add_marker(pytest.mark.xdist_group("browser"))
+        elif name in SHARED_SERVER_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(SHARED_SERVER_GROUPS[name]))
+
+
+def _admin_execute(url, statement: str) -> None:
+    import psycopg
+
+    admin = url.set(drivername="postgresql", database="postgres")
+    with psycopg.connect(admin.render_as_string(hide_password=False),
+                         autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def worker_pg_url(base: str) -> str:
+    """The PostgreSQL URL of this worker: the given database, or one of its own."""
+    from sqlalchemy.engine import make_url
+
+    if not WORKER:
+        return base
+    url = make_url(base)
+    name = f"{url.database}_{WORKER}"
+    _admin_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    _admin_execute(url, f'CREATE DATABASE "{name}"')
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def drop_worker_database(worker_url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(worker_url)
+    if WORKER and PG_URL and url.database != make_url(PG_URL).database:
+        _admin_execute(url, f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
 PASSWORD = "correct-horse-battery"
 
 # Tables that hold the roles and permissions synced once per session.
@@ -27,7 +76,7 @@ SECURITY_TABLES = {"ab_permission", "ab_view_menu", "ab_permission_view", "ab_ro
 def database_url(kind: str, tmp_path_factory) -> str:
     if kind == "sqlite":
         return "sqlite:///" + str(tmp_path_factory.mktemp("db") / "billfold-test.db")
-    return PG_URL
+    return worker_pg_url(PG_URL)
 
 
 def config_for(url: str, **extra) -> dict:
@@ -51,7 +100,8 @@ def db_kind(request) -> str:
 def app(db_kind, tmp_path_factory):
     from permissions.sync import sync_roles
 
-    app = create_app(config_for(database_url(db_kind, tmp_path_factory)))
+    url = database_url(db_kind, tmp_path_factory)
+    app = create_app(config_for(url))
     with app.app_context():
         if db_kind == "postgresql":
             # A previous run may have left the schema behind: start from nothing.
@@ -64,6 +114,8 @@ def app(db_kind, tmp_path_factory):
     with app.app_context():
         db.session.remove()
         db.engine.dispose()
+    if db_kind == "postgresql":
+        drop_worker_database(url)
 
 
 @pytest.fixture(autouse=True)

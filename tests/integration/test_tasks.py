@@ -3,6 +3,7 @@ worker on Redis that closes a period once however often it is asked."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
 import subprocess
@@ -10,7 +11,7 @@ import sys
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from invoices.models import Invoice
 from portal import tasks
@@ -22,7 +23,8 @@ def test_the_beat_schedule_runs_every_periodic_job(app):
     schedule = tasks.celery.conf.beat_schedule
     assert {entry["task"] for entry in schedule.values()} == {
         "billfold.close_periods", "billfold.charge_usage", "billfold.mark_overdue",
-        "billfold.auto_recharge_sweep"}
+        "billfold.auto_recharge_sweep", "billfold.evaluate_alerts",
+        "billfold.retry_notifications"}
     assert all(name in tasks.celery.tasks for name in (e["task"] for e in schedule.values()))
 
 
@@ -46,24 +48,31 @@ def _redis_up() -> bool:
         return False
 
 
+BROKER = "redis://127.0.0.1:6379/14"
+
+
+def _start_worker(app, **env_extra) -> subprocess.Popen:
+    """A Celery worker on Redis for the test database (its queue emptied first)."""
+    import redis
+
+    redis.Redis.from_url(BROKER).flushdb()  # no message of an earlier run
+    env = dict(os.environ, BILLFOLD_DATABASE_URL=app.config["DATABASE_URL"],
+               BILLFOLD_CELERY_BROKER_URL=BROKER, BILLFOLD_JOBS_EAGER="false", **env_extra)
+    return subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "portal.worker:celery", "worker", "--pool=solo",
+         "--without-heartbeat", "--without-mingle", "--without-gossip", "-Q", "celery",
+         "--loglevel=WARNING"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
 @pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
 def test_a_real_worker_closes_each_period_once(app, world):
     """A Celery worker on Redis gets the same close three times (as after a retry or
     a duplicate beat): one invoice per tenant and period."""
-    import redis
-
-    broker = "redis://127.0.0.1:6379/14"
-    redis.Redis.from_url(broker).flushdb()  # no message of an earlier run
-    env = dict(os.environ, BILLFOLD_DATABASE_URL=app.config["DATABASE_URL"],
-               BILLFOLD_CELERY_BROKER_URL=broker, BILLFOLD_JOBS_EAGER="false")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "portal.worker:celery", "worker", "--pool=solo",
-         "--without-heartbeat", "--without-mingle", "--without-gossip", "-Q", "celery",
-         "--loglevel=WARNING"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    worker = _start_worker(app)
     try:
         from celery import Celery
 
-        client = Celery("billfold", broker=broker, backend=broker)
+        client = Celery("billfold", broker=BROKER, backend=BROKER)
         results = [client.send_task("billfold.close_tenant", args=["alpha"]) for _ in range(3)]
         numbers = [r.get(timeout=90) for r in results]
         assert len(numbers[0]) >= 1 and numbers[1] == numbers[2] == []
@@ -80,4 +89,51 @@ def test_a_real_worker_closes_each_period_once(app, world):
     finally:
         worker.terminate()
         output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert "Traceback" not in output, output
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+def test_a_real_worker_evaluates_alerts_and_mails_them_once(app, world):
+    """The beat's evaluation fanned out over a worker three times over: each alert
+    fires once and its email goes out once, through a real SMTP server."""
+    from celery import Celery
+
+    from plans.metering import ingest_events
+    from plans.models import Alert, AlertRule
+    from portal import jobs
+    from portal.notifications import Delivery
+    from tenants.models import Tenant
+    from tests.smtp_server import SmtpServer
+
+    with app.app_context(), unscoped():
+        bravo = db.session.get(Tenant, world.ids["b"])
+        rules = update(AlertRule).where(AlertRule.tenant_id == bravo.id)
+        db.session.execute(rules.values(enabled=False))  # nothing fires in this process
+        db.session.commit()
+        ingest_events(bravo, [{"id": "big", "metric": "llm_tokens", "quantity": "420000",
+                               "timestamp": dt.datetime.now(dt.UTC).isoformat()}])
+        jobs.drain()
+        db.session.execute(rules.values(enabled=True))
+        db.session.commit()
+        assert db.session.scalar(select(func.count(Alert.id))) == 0
+    with SmtpServer() as smtp:
+        worker = _start_worker(app, BILLFOLD_MAIL_SERVER="127.0.0.1",
+                               BILLFOLD_MAIL_PORT=str(smtp.port))
+        try:
+            client = Celery("billfold", broker=BROKER, backend=BROKER)
+            for _ in range(3):
+                assert client.send_task("billfold.evaluate_alerts").get(timeout=90) == 2
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not smtp.messages:
+                time.sleep(0.2)
+            time.sleep(1)  # any duplicate would arrive now
+            with app.app_context(), unscoped():
+                fired = db.session.scalars(select(Alert.rule_name)).all()
+                emails = db.session.scalars(select(Delivery.status).where(
+                    Delivery.channel == "email")).all()
+        finally:
+            worker.terminate()
+            output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert fired == ["Usage warning"], output
+    assert emails == ["sent"] and len(smtp.messages) == 1
     assert "Traceback" not in output, output
