@@ -115,7 +115,8 @@ def _load(recharge_id: int) -> tuple[AutoRecharge, Tenant] | None:
         recharge = db.session.get(AutoRecharge, recharge_id)
         if recharge is None:
             return None
-        return recharge, db.session.get(Tenant, recharge.tenant_id)
+        tenant = db.session.get(Tenant, recharge.tenant_id)
+        return None if tenant is None else (recharge, tenant)
 
 
 @jobs.task(JOB)
@@ -129,7 +130,7 @@ def charge(recharge_id: int) -> str:
         return "nothing to do"
     recharge, tenant = loaded
     card = _default_card(tenant)
-    if card is None:
+    if card is None or card.stripe_payment_method_id is None:
         return _fail(tenant, recharge_id, "there is no default card to charge")
     customer = ensure_customer(tenant)
     try:
@@ -151,7 +152,7 @@ def charge(recharge_id: int) -> str:
                      intent_id=intent_id, label=card.label)
     with tenant_scope(tenant):
         lock_tenant(tenant.id)
-        row = db.session.get(AutoRecharge, recharge_id)
+        row = db.session.get_one(AutoRecharge, recharge_id)
         if row.status == "pending":
             row.status = "submitted"
             row.stripe_payment_intent_id = intent.id
@@ -165,7 +166,7 @@ def _fail(tenant: Tenant, recharge_id: int, message: str, *, intent_id: str | No
 
     with tenant_scope(tenant):
         lock_tenant(tenant.id)
-        row = db.session.get(AutoRecharge, recharge_id)
+        row = db.session.get_one(AutoRecharge, recharge_id)
         if row.status in ("pending", "submitted"):
             row.status = "failed"
             row.failure_message = message
@@ -202,7 +203,7 @@ def notify_failure(recharge_id: int) -> bool:
         log.warning("auto-recharge %s: notification not sent: %s", recharge_id, exc)
         return False
     with tenant_scope(tenant):
-        row = db.session.get(AutoRecharge, recharge_id)
+        row = db.session.get_one(AutoRecharge, recharge_id)
         row.notified_at = dt.datetime.now(dt.UTC)
         db.session.commit()
     return True

@@ -83,4 +83,7 @@ def price_text(value: str, currency: str) -> str:
 
 def _places(number: Decimal) -> int:
     """Digits after the point once trailing zeros are dropped."""
-    return max(0, -number.normalize().as_tuple().exponent)
+    exponent = number.normalize().as_tuple().exponent
+    if not isinstance(exponent, int):  # "n", "N" or "F": NaN or infinity
+        raise ValueError(f"{number} is not a finite number")
+    return max(0, -exponent)

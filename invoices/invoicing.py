@@ -19,7 +19,7 @@ from typing import Any
 from flask import current_app
 from sqlalchemy import event, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, UOWTransaction
 
 from invoices import ledger, usage_charges
 from invoices.models import (
@@ -30,7 +30,7 @@ from invoices.models import (
     InvoicePayment,
     PaymentMethod,
 )
-from invoices.rating import rate_period
+from invoices.rating import Rating, rate_period
 from plans.metrics import METRICS
 from plans.models import Subscription
 from plans.periods import Period, local_day, period_containing, period_from_label
@@ -60,7 +60,8 @@ class InvoiceImmutable(RuntimeError):
 
 
 @event.listens_for(Session, "before_flush")
-def _guard_issued(session: Session, flush_context, instances) -> None:
+def _guard_issued(session: Session, flush_context: UOWTransaction,
+                  instances: object) -> None:
     for obj in list(session.dirty) + list(session.deleted):
         if isinstance(obj, InvoiceLine) and obj.invoice is not None \
                 and obj.invoice.status != "draft" and session.is_modified(obj):
@@ -140,7 +141,11 @@ def _instructions() -> dict[str, str] | None:
     return values if values["account_number"] else None
 
 
-def _snapshot(tenant: Tenant, invoice: Invoice, rating, issue_date: dt.date) -> dict[str, Any]:
+def _snapshot(tenant: Tenant, invoice: Invoice, rating: Rating,
+              issue_date: dt.date) -> dict[str, Any]:
+    issued_at, due_date = invoice.issued_at, invoice.due_date
+    if issued_at is None or due_date is None:
+        raise ValueError(f"invoice {invoice.number} has no issue or due date to snapshot")
     period = rating.period
     plans = [{"name": s.plan_version.plan.name, "version": s.plan_version.version,
               "start": s.starts_on.isoformat(),
@@ -150,9 +155,9 @@ def _snapshot(tenant: Tenant, invoice: Invoice, rating, issue_date: dt.date) -> 
     platform_fee = sum(line.amount_minor for line in rating.lines if line.kind == "base_fee")
     return {
         "number": invoice.number,
-        "issued_at": invoice.issued_at.astimezone(dt.UTC).isoformat(timespec="seconds"),
+        "issued_at": issued_at.astimezone(dt.UTC).isoformat(timespec="seconds"),
         "issue_date": issue_date.isoformat(),
-        "due_date": invoice.due_date.isoformat(),
+        "due_date": due_date.isoformat(),
         "terms": invoice.payment_terms,
         "currency": invoice.currency,
         "period": {"start": period.start.isoformat(), "end": period.last_day.isoformat(),
@@ -208,6 +213,8 @@ def close_period(tenant: Tenant, period: Period, *, actor: Actor = SYSTEM,
         except IntegrityError:
             db.session.rollback()  # a concurrent close issued it first
             existing = find_invoice(tenant, period)
+            if existing is None:  # it was not that: the error stands
+                raise
     _finish(tenant, existing, render)
     return existing
 
@@ -339,7 +346,7 @@ def close_due(*, period_label: str | None = None, tenant_slug: str | None = None
     if tenant_slug and not tenants:
         raise NotFoundError(f"no tenant {tenant_slug!r}")
     # Every period is worked out, and checked, before anything is written.
-    plan = []
+    planned: list[tuple[Tenant, list[Period]]] = []
     for tenant in tenants:
         today = local_day(now, tenant.timezone)
         if period_label:
@@ -349,18 +356,18 @@ def close_due(*, period_label: str | None = None, tenant_slug: str | None = None
                 raise ValidationFailed({"period": str(exc)}) from exc
             if period.end > today:
                 raise ValidationFailed({"period": f"{period_label} has not ended yet"})
-            plan.append((tenant, [period]))
+            planned.append((tenant, [period]))
         else:
-            plan.append((tenant, periods_to_close(tenant, today)))
+            planned.append((tenant, periods_to_close(tenant, today)))
     # Only ids are kept from here: holding every tenant would keep them all in the
     # session, and each tenant's commit would expire (and each flush visit) all of
     # them, so the cost per tenant would grow with the number of tenants.
-    plan = [(tenant.id, periods) for tenant, periods in plan]
-    del tenants
+    plan = [(tenant.id, periods) for tenant, periods in planned]
+    del tenants, planned
     results = []
     for done, (tenant_id, periods) in enumerate(plan, start=1):
         with unscoped():
-            tenant = db.session.get(Tenant, tenant_id)
+            tenant = db.session.get_one(Tenant, tenant_id)
         for period in periods:
             invoice = close_period(tenant, period, now=now, render=render)
             results.append(CloseResult(tenant.slug, period.label, invoice.number,
@@ -389,7 +396,8 @@ def _load(invoice_id: int) -> tuple[Invoice, Tenant] | None:
         invoice = db.session.get(Invoice, invoice_id)
         if invoice is None:
             return None
-        return invoice, db.session.get(Tenant, invoice.tenant_id)
+        tenant = db.session.get(Tenant, invoice.tenant_id)
+        return None if tenant is None else (invoice, tenant)
 
 
 @jobs.task(RENDER_JOB)
@@ -399,14 +407,16 @@ def render_invoice(invoice_id: int, force: bool = False) -> str | None:
     from invoices.invoice_pdf import render_invoice_pdf
 
     loaded = _load(invoice_id)
-    if loaded is None or loaded[0].snapshot is None:
+    if loaded is None:
         return None
     invoice, tenant = loaded
+    if invoice.snapshot is None:
+        return None
     if invoice.pdf_sha256 is not None and not force:
         return invoice.pdf_sha256
     data = render_invoice_pdf(json.loads(invoice.snapshot))
     with tenant_scope(tenant):
-        row = db.session.get(Invoice, invoice_id)
+        row = db.session.get_one(Invoice, invoice_id)
         row.pdf = data
         row.pdf_sha256 = sha256_hex(data)
         row.pdf_rendered_at = dt.datetime.now(dt.UTC)
@@ -428,8 +438,9 @@ def charge_invoice(invoice_id: int) -> str:
     if not current_app.config.get("STRIPE_SECRET_KEY"):
         return "card payments are not configured"
     invoice, tenant = loaded
+    number = invoice.number
     if invoice.status not in ("pending", "overdue") or invoice.due_minor <= 0 \
-            or invoice.stripe_payment_intent_id:
+            or invoice.stripe_payment_intent_id or number is None:
         return "nothing to charge"
     with tenant_scope(tenant):
         card = db.session.scalar(select(PaymentMethod).where(
@@ -443,11 +454,12 @@ def charge_invoice(invoice_id: int) -> str:
         intent = client().v1.payment_intents.create(
             params={"amount": invoice.due_minor, "currency": invoice.currency.lower(),
                     "customer": customer, "payment_method": card_id, "off_session": True,
-                    "confirm": True, "description": f"Billfold invoice {invoice.number}",
+                    "confirm": True, "description": f"Billfold invoice {number}",
                     "metadata": {"tenant": tenant.slug, "purpose": PAYMENT_PURPOSE,
-                                 "invoice": invoice.number}},
-            options={"idempotency_key": f"billfold-invoice-{invoice.number}"})
-        intent_id, outcome = intent.id, "submitted"
+                                 "invoice": number}},
+            options={"idempotency_key": f"billfold-invoice-{number}"})
+        intent_id: str | None = intent.id
+        outcome = "submitted"
     except stripe.CardError as exc:
         intent_id = getattr(getattr(exc.error, "payment_intent", None), "id", None)
         outcome = f"declined: {exc.user_message}"
@@ -456,7 +468,7 @@ def charge_invoice(invoice_id: int) -> str:
         # was charged; the invoice stays open and the next close retries.
         intent_id, outcome = None, f"not charged: {exc.user_message or exc}"
     with tenant_scope(tenant):
-        row = db.session.get(Invoice, invoice_id)
+        row = db.session.get_one(Invoice, invoice_id)
         if row.stripe_payment_intent_id is None and intent_id:
             row.stripe_payment_intent_id = intent_id
         audit.record("invoice.charge", row, Actor.system("invoice_charge"), tenant_id=tenant.id,
@@ -501,7 +513,8 @@ def _record_payment(invoice: Invoice, method: str, amount: int, reference: str,
 
 def get_invoice(tenant: Tenant, number: str) -> Invoice:
     with tenant_scope(tenant):
-        invoice = db.session.scalar(select(Invoice).where(Invoice.number == number))
+        invoice: Invoice | None = db.session.scalar(
+            select(Invoice).where(Invoice.number == number))
     if invoice is None or invoice.tenant_id != tenant.id:
         raise NotFoundError("no such invoice")
     return invoice
@@ -633,6 +646,8 @@ def invoice_pdf(tenant: Tenant, number: str) -> tuple[bytes, str]:
         render_invoice(invoice.id)
     with tenant_scope(tenant):
         data = db.session.scalar(select(Invoice.pdf).where(Invoice.id == invoice.id))
+    if data is None:  # a draft has no snapshot to render
+        raise NotFoundError(f"invoice {number} has no PDF")
     return data, f"{number}.pdf"
 
 

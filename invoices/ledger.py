@@ -8,9 +8,10 @@ concurrent writers never lose an update.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 
 from invoices import auto_recharge
 from invoices.models import ENTRY_SIGNS, SOURCES, LedgerEntry
@@ -72,7 +73,7 @@ def post_entry(tenant: Tenant, actor: Actor, entry_type: str, amount_minor: int,
     with tenant_scope(tenant):
         lock_tenant(tenant.id)
         if ref_id is not None:
-            existing = db.session.scalar(select(LedgerEntry).where(
+            existing: LedgerEntry | None = db.session.scalar(select(LedgerEntry).where(
                 LedgerEntry.type == entry_type, LedgerEntry.ref_id == ref_id))
             if existing is not None:
                 if commit:
@@ -133,7 +134,7 @@ class EntryFilter:
     start: dt.datetime | None = None  # inclusive, aware
     end: dt.datetime | None = None  # exclusive, aware
 
-    def apply(self, stmt):
+    def apply(self, stmt: Select[LedgerEntry]) -> Select[LedgerEntry]:
         if self.types:
             stmt = stmt.where(LedgerEntry.type.in_(self.types))
         if self.start is not None:
@@ -166,7 +167,8 @@ def list_entries(tenant: Tenant, *, before: int | None = None, limit: int = PAGE
     return EntryPage(rows, has_more, rows[-1].id if has_more and rows else None)
 
 
-def iter_entries(tenant: Tenant, where: EntryFilter = EntryFilter(), chunk: int = 1000):
+def iter_entries(tenant: Tenant, where: EntryFilter = EntryFilter(),
+                 chunk: int = 1000) -> Iterator[LedgerEntry]:
     """Every matching entry, newest first, read a chunk at a time (for exports)."""
     before = None
     while True:

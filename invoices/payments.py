@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import stripe
 from flask import current_app
@@ -28,6 +28,9 @@ from portal.money import Money
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope, unscoped
 from tenants.services import lock_tenant
+
+if TYPE_CHECKING:
+    from stripe.params.checkout import SessionCreateParams
 
 WEBHOOK_ACTOR = Actor.system("stripe_webhook")
 MIN_PURCHASE_MINOR = 500
@@ -92,35 +95,46 @@ def start_checkout(tenant: Tenant, actor: Actor, *, mode: str, success_url: str,
     ``client_reference_id``."""
     if mode not in ("setup", "payment"):
         raise ValidationFailed({"mode": "choose setup or payment"})
-    if mode == "payment" and (
-        not isinstance(amount_minor, int)
-        or not MIN_PURCHASE_MINOR <= amount_minor <= MAX_PURCHASE_MINOR
-    ):
-        raise ValidationFailed({"amount": "buy between 5.00 and 100,000.00"})
+    amount = _purchase_amount(amount_minor) if mode == "payment" else None
     customer = ensure_customer(tenant)
-    params: dict[str, Any] = {
-        "mode": mode, "customer": customer, "client_reference_id": tenant.slug,
+    params: SessionCreateParams = {
+        "customer": customer, "client_reference_id": tenant.slug,
         "success_url": success_url, "cancel_url": cancel_url,
         "metadata": {"tenant": tenant.slug, "purpose": "credit" if mode == "payment" else "card"},
     }
-    if mode == "payment":
+    if amount is not None:
+        params["mode"] = "payment"
         params["line_items"] = [{
             "quantity": 1,
-            "price_data": {"currency": tenant.currency.lower(), "unit_amount": amount_minor,
+            "price_data": {"currency": tenant.currency.lower(), "unit_amount": amount,
                            "product_data": {"name": f"Billfold credit for {tenant.name}"}},
         }]
         # Save the card on the customer so that it can be charged off-session later.
         params["payment_intent_data"] = {"metadata": {"tenant": tenant.slug},
                                          "setup_future_usage": "off_session"}
     else:
-        params["payment_method_types"] = ["card"]
+        params["mode"] = "setup"
+        # The typed parameters of the stripe library (API version 2026-10-28) have
+        # allowed_payment_method_types in place of this parameter, which the local
+        # stand-in of Stripe (tests/stripe_stub.py) still expects.
+        params["payment_method_types"] = ["card"]  # type: ignore[typeddict-unknown-key]
         params["currency"] = tenant.currency.lower()
     session = client().v1.checkout.sessions.create(params=params)
+    if session.url is None:  # only embedded Checkout sessions come without a page
+        raise RuntimeError(f"Stripe answered checkout session {session.id} without a URL")
     with tenant_scope(tenant):
         audit.record("checkout.start", _account(tenant), actor, tenant_id=tenant.id,
                      after={"mode": mode, "amount_minor": amount_minor, "session": session.id})
         db.session.commit()
     return CheckoutStart(session.id, session.url)
+
+
+def _purchase_amount(amount_minor: int | None) -> int:
+    """The amount of a credit purchase, refused outside the allowed range."""
+    if (not isinstance(amount_minor, int) or isinstance(amount_minor, bool)
+            or not MIN_PURCHASE_MINOR <= amount_minor <= MAX_PURCHASE_MINOR):
+        raise ValidationFailed({"amount": "buy between 5.00 and 100,000.00"})
+    return amount_minor
 
 
 # -- the webhook ----------------------------------------------------------------------
@@ -163,7 +177,7 @@ def _tenant_of(obj: dict[str, Any]) -> Tenant | None:
     if isinstance(customer, dict):
         customer = customer.get("id")
     if customer:
-        tenant = db.session.scalar(select(Tenant).join(
+        tenant: Tenant | None = db.session.scalar(select(Tenant).join(
             BillingAccount, BillingAccount.tenant_id == Tenant.id
         ).where(BillingAccount.stripe_customer_id == customer))
         if tenant is not None:
@@ -182,9 +196,9 @@ def _card_label(pm: dict[str, Any] | None) -> str | None:
 
 
 def _mirror_card(tenant: Tenant, pm: dict[str, Any] | None) -> None:
-    card = (pm or {}).get("card")
-    if not card:
+    if pm is None or not pm.get("card"):
         return
+    card = pm["card"]
     with tenant_scope(tenant):
         row = db.session.scalar(select(PaymentMethod).where(
             PaymentMethod.stripe_payment_method_id == pm["id"]))
@@ -201,9 +215,9 @@ def _mirror_card(tenant: Tenant, pm: dict[str, Any] | None) -> None:
 def _on_checkout_completed(tenant: Tenant, session: dict[str, Any]) -> str:
     stripe_client = client()
     if session.get("mode") == "setup":
-        intent = stripe_client.v1.setup_intents.retrieve(
+        setup = stripe_client.v1.setup_intents.retrieve(
             session["setup_intent"], params={"expand": ["payment_method"]})
-        _mirror_card(tenant, intent.to_dict().get("payment_method"))
+        _mirror_card(tenant, setup.to_dict().get("payment_method"))
         return "card saved"
     if session.get("payment_status") != "paid":
         return "not paid"
@@ -287,27 +301,27 @@ def refund_purchase(actor: Actor, tenant: Tenant, purchase_id: int, amount_minor
     left = refundable_minor(tenant, purchase)
     errors = {}
     reason = (reason or "").strip()
+    amount = left if amount_minor is None else amount_minor
     if left == 0:
         errors["purchase"] = "this purchase has nothing left to refund"
-    elif amount_minor is None:
-        amount_minor = left
-    if not errors and not 0 < amount_minor <= left:
+    elif not 0 < amount <= left:
         errors["amount"] = f"refund between 0.01 and {Money.from_minor(left, purchase.currency)}"
     if len(reason) < 5:
         errors["reason"] = "say why, in a few words"
-    if not errors and amount_minor > ledger.balance_minor(tenant):
+    if not errors and amount > ledger.balance_minor(tenant):
         errors["amount"] = ("the tenant's balance is smaller than the refund: the credit has "
                             "been spent; correct the ledger instead")
-    if errors:
-        raise ValidationFailed(errors)
+    charge_id = purchase.stripe_charge_id  # a purchase without one has nothing to refund
+    if errors or charge_id is None:
+        raise ValidationFailed(errors or {"purchase": "this purchase has nothing left to refund"})
     refund = client().v1.refunds.create(
-        params={"charge": purchase.stripe_charge_id, "amount": amount_minor,
+        params={"charge": charge_id, "amount": amount,
                 "reason": "requested_by_customer",
                 "metadata": {"tenant": tenant.slug, "reason": reason[:500],
                              "refunded_by": actor.label}},
         options={"idempotency_key": f"billfold-refund-{tenant.slug}-{purchase.id}-{request_key}"},
     )
-    charge = client().v1.charges.retrieve(purchase.stripe_charge_id).to_dict()
+    charge = client().v1.charges.retrieve(charge_id).to_dict()
     with tenant_scope(tenant):
         _book_refund(tenant, actor, charge, refund.id, int(refund.amount), "admin_correction")
         audit.record("payment.refund", purchase, actor, tenant_id=tenant.id,

@@ -10,6 +10,7 @@ from decimal import Decimal, InvalidOperation
 import stripe
 from flask import (
     Response,
+    abort,
     current_app,
     flash,
     g,
@@ -73,6 +74,8 @@ def _csv_export(what: str, header: list[str], rows) -> Response:
     """A streamed CSV of the page's tenant, filtered by the query string's type and
     date range; its preamble names the tenant, the time zone and the filters."""
     tenant = page_tenant(required=g.user.tenant_id is None)
+    if tenant is None:
+        abort(404)
     where, shown, errors = _filters(tenant)
     if errors:
         return Response("; ".join(errors) + "\n", status=400, mimetype="text/plain")

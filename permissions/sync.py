@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask_appbuilder import AppBuilder
 
 from permissions.matrix import PUBLIC, ROLES, role_permissions
@@ -23,7 +25,8 @@ def sync_roles(appbuilder: AppBuilder) -> dict[str, int]:
     counts: dict[str, int] = {}
     for name in ROLES:
         role = sm.find_role(name)
-        wanted, missing = [], []
+        wanted: list[Any] = []
+        missing: list[tuple[str, str]] = []
         for permission, resource in sorted(role_permissions(name)):
             pvm = sm.find_permission_view_menu(permission, resource)
             (wanted if pvm is not None else missing).append(pvm or (permission, resource))

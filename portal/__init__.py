@@ -27,6 +27,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.json = DecimalJSONProvider(app)
     init_instance_folder(app)
+    init_security_headers(app)
     init_database(app)
     init_appbuilder(app)
     init_request_scope(app)
@@ -42,6 +43,12 @@ def init_instance_folder(app: Flask) -> None:
     import os
 
     os.makedirs(app.instance_path, exist_ok=True)
+
+
+def init_security_headers(app: Flask) -> None:
+    from portal.security_headers import init_security_headers as init
+
+    init(app)
 
 
 def init_database(app: Flask) -> None:

@@ -30,7 +30,7 @@ def sync_roles_command() -> None:
     """Write the roles of the permission matrix to the database."""
     from permissions.sync import sync_roles
 
-    counts = sync_roles(current_app.appbuilder)
+    counts = sync_roles(current_app.extensions["appbuilder"])
     for role, count in counts.items():
         click.echo(f"{role}: {count} permissions")
 
@@ -74,7 +74,7 @@ def init_command() -> None:
     from plans.services import ensure_default_catalog
     from tenants.scoping import unscoped
 
-    sync_roles(current_app.appbuilder)
+    sync_roles(current_app.extensions["appbuilder"])
     with unscoped():
         made = ensure_default_catalog()
     click.echo("Roles and permissions are in place.")

@@ -59,6 +59,12 @@ class Config:
     WTF_CSRF_ENABLED = True
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
+    # HTTPS = true (BILLFOLD_HTTPS) where browsers reach the portal over HTTPS, directly
+    # or through a TLS proxy: the session and remember-me cookies are then Secure and
+    # every response carries HSTS (portal/security_headers.py).
+    HTTPS = False
+    REMEMBER_COOKIE_HTTPONLY = True
+    REMEMBER_COOKIE_SAMESITE = "Lax"
     BABEL_DEFAULT_LOCALE = "en"
     LANGUAGES = {"en": {"flag": "us", "name": "English"}}
 
@@ -102,6 +108,11 @@ def load_config(app, config: dict | None) -> None:
     app.config.from_prefixed_env(prefix="BILLFOLD")
     if config:
         app.config.update(config)
+    https = str(app.config.get("HTTPS")).lower() in ("1", "true", "yes", "on")
+    app.config["HTTPS"] = https or app.config.get("PREFERRED_URL_SCHEME") == "https"
+    if app.config["HTTPS"]:
+        app.config["SESSION_COOKIE_SECURE"] = True
+        app.config["REMEMBER_COOKIE_SECURE"] = True
     url = app.config.get("DATABASE_URL") or os.environ.get("BILLFOLD_DATABASE_URL")
     if not url:
         url = "sqlite:///" + str(Path(app.instance_path) / "billfold.db")

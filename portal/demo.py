@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import random
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
@@ -38,7 +39,7 @@ DEMO_TENANTS = (
 
 # Per tenant: plan code, negotiated price, end users, and the daily volume per end user
 # of each metric on a weekday at the end of the six months (growth leads up to it).
-DEMO_USAGE = {
+DEMO_USAGE: dict[str, dict[str, Any]] = {
     "acme": {"plan": "professional", "custom_price_minor": None,
              "users": ["u-ana", "u-ben", "u-chen", "u-dana", "u-eli", "u-fay"],
              "daily": {"llm_tokens": 26_000, "sql_queries": 520, "api_requests": 4_200,
@@ -193,7 +194,7 @@ def _demo_ledger(tenant: Tenant, start: dt.date, lines: list[str]) -> None:
     lines.append(f"ledger for {tenant.slug}: balance {ledger.balance(tenant)}")
 
 
-DEMO_METHODS = {
+DEMO_METHODS: dict[str, list[dict[str, Any]]] = {
     "acme": [{"kind": "card", "brand": "visa", "last4": "4242", "exp_month": 8,
               "exp_year": 2028, "stripe_payment_method_id": "pm_demo_acme_visa"},
              {"kind": "ach", "last4": "6789"}],

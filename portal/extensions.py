@@ -8,8 +8,9 @@ database). ``create_app`` makes one per app and leaves it at ``app.appbuilder``.
 from flask_appbuilder import Model
 from flask_appbuilder.models.sqla.base import SQLA
 from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
 
 # Bound to FAB's declarative metadata so that create_all and Alembic see FAB's
 # own tables beside ours.
-db = SQLA(metadata=Model.metadata)
+db: SQLAlchemy = SQLA(metadata=Model.metadata)
 migrate = Migrate()

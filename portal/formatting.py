@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
@@ -57,7 +58,8 @@ def long_date(value: dt.date | None) -> str:
 
 
 def init_filters(app: Flask) -> None:
-    for name, func in {"money": money, "minor": minor, "quantity": quantity,
-                       "percentage": percentage, "local_datetime": local_datetime,
-                       "long_date": long_date, "unit_price": unit_price}.items():
+    filters: dict[str, Callable[..., str]] = {
+        "money": money, "minor": minor, "quantity": quantity, "percentage": percentage,
+        "local_datetime": local_datetime, "long_date": long_date, "unit_price": unit_price}
+    for name, func in filters.items():
         app.add_template_filter(func, name)

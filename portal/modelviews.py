@@ -8,7 +8,7 @@ nothing is written.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import abort, flash, g, request
 from flask_appbuilder import ModelView, expose
@@ -31,7 +31,14 @@ READ_WRITE = {
 }
 
 
-class SafeActionsMixin:
+if TYPE_CHECKING:
+    # To the type checker the mixin is the ModelView it is mixed into.
+    from flask_appbuilder import ModelView as _ActionsBase
+else:
+    _ActionsBase = object
+
+
+class SafeActionsMixin(_ActionsBase):
     """FAB's action routes fail with a 500 on an unknown action name and hand
     ``None`` to the action for an id outside the scope. Both answer 404 here."""
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from flask import current_app, render_template
 from flask_appbuilder import Model
 from sqlalchemy import (
+    CursorResult,
     DateTime,
     ForeignKey,
     Index,
@@ -170,10 +171,11 @@ def _claim(delivery_id: int, now: dt.datetime, force: bool) -> bool:
         and_(Delivery.status.in_(("pending", "retrying")), true() if force else due),
         and_(Delivery.status == "sending", Delivery.claimed_at < stale),
     )
-    result = db.session.execute(
+    # An UPDATE answers a CursorResult, which carries the row count.
+    result = cast("CursorResult[Any]", db.session.execute(
         update(Delivery).where(Delivery.id == delivery_id, claimable)
         .values(status="sending", claimed_at=now)
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)))
     db.session.commit()
     return result.rowcount == 1
 
@@ -188,14 +190,15 @@ def deliver(delivery_id: int, *, now: dt.datetime | None = None, force: bool = F
         return "missing"
     with tenant_scope(tenant_id):
         if not _claim(delivery_id, now, force):
-            return db.session.scalar(select(Delivery.status).where(Delivery.id == delivery_id))
-        row = db.session.get(Delivery, delivery_id)
+            return db.session.scalar(
+                select(Delivery.status).where(Delivery.id == delivery_id)) or "missing"
+        row = db.session.get_one(Delivery, delivery_id)
         error, ref = None, None
         try:
             ref = _send(row)
         except Exception as exc:  # noqa: BLE001 - every failure is recorded and retried
             error = f"{type(exc).__name__}: {exc}"[:1000]
-        row = db.session.get(Delivery, delivery_id)
+        row = db.session.get_one(Delivery, delivery_id)
         row.attempts += 1
         row.claimed_at = None
         if error is None:
@@ -332,8 +335,9 @@ def mark_read(user: Any, notification_id: int | None = None) -> int:
             if exists is None:
                 raise NotFoundError(f"notification {notification_id}")
             query = query.where(Notification.id == notification_id)
-        changed = db.session.execute(query.values(read_at=_now())
-                                     .execution_options(synchronize_session=False)).rowcount
+        result = cast("CursorResult[Any]", db.session.execute(
+            query.values(read_at=_now()).execution_options(synchronize_session=False)))
+        changed = result.rowcount
         db.session.commit()
         return changed
 

@@ -185,7 +185,7 @@ def load_settings(config: Mapping[str, Any]) -> SsoSettings | None:
     except (TypeError, ValueError):
         problems.append("BILLFOLD_OIDC_TIMEOUT_SECONDS must be a number of seconds")
         timeout = 10.0
-    if problems:
+    if problems or client_id is None or client_secret is None:
         raise SsoConfigError("single sign-on is misconfigured: " + "; ".join(problems))
     return SsoSettings(
         issuer=issuer,
@@ -287,7 +287,7 @@ def claims_of(client, settings: SsoSettings, token: Mapping[str, Any]) -> dict[s
     return profile and email claims from that endpoint only)."""
     claims = dict(token["userinfo"])
     wanted = ["email", "email_verified"]
-    if settings.role_map:
+    if settings.role_map and settings.role_claim:
         wanted.append(settings.role_claim)
     if settings.tenant_claim:
         wanted.append(settings.tenant_claim)
@@ -376,10 +376,14 @@ def identity_from_claims(claims: Mapping[str, Any], settings: SsoSettings) -> Id
                     tenant_source=source)
 
 
+def _claim_text(claims: Mapping[str, Any], name: str) -> str:
+    value = claims.get(name)
+    return value if isinstance(value, str) else ""
+
+
 def _names(claims: Mapping[str, Any], email: str) -> tuple[str, str]:
-    first = claims.get("given_name") if isinstance(claims.get("given_name"), str) else ""
-    last = claims.get("family_name") if isinstance(claims.get("family_name"), str) else ""
-    full = claims.get("name") if isinstance(claims.get("name"), str) else ""
+    first, last, full = (_claim_text(claims, name)
+                         for name in ("given_name", "family_name", "name"))
     if not first and not last and full.strip():
         first, _, last = full.strip().partition(" ")
     if not first.strip():

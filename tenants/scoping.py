@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from sqlalchemy import ForeignKey, event, inspect
 from sqlalchemy.orm import (
@@ -31,7 +31,7 @@ from sqlalchemy.orm import (
     with_loader_criteria,
 )
 from sqlalchemy.sql import visitors
-from sqlalchemy.sql.expression import TableClause
+from sqlalchemy.sql.expression import ClauseElement, TableClause
 
 
 class TenantScopeError(RuntimeError):
@@ -137,18 +137,22 @@ class TenantScoped(TenantIsolated):
         )
 
 
-def _isolated_mappers(state: ORMExecuteState) -> list[type]:
+def _isolated_mappers(state: ORMExecuteState) -> list[type[TenantIsolated]]:
     """Isolated classes the statement touches: its entities, and also any isolated
     table inside subqueries, CTEs and joins (a statement that selects from a
     subquery has no top-level entity, and must not slip past the scope)."""
     entities = {m.class_ for m in state.all_mappers if issubclass(m.class_, TenantIsolated)}
     found = set(entities)
     by_table = _isolated_tables()
-    orm_tables, core_tables = set(), set()
-    for element in visitors.iterate(state.statement):
+    orm_tables: set[type[TenantIsolated]] = set()
+    core_tables: set[type[TenantIsolated]] = set()
+    # The statement of an ORM execution is a ClauseElement, which iterate() walks.
+    for element in visitors.iterate(cast(ClauseElement, state.statement)):
         table = element if isinstance(element, TableClause) else getattr(element, "table", None)
-        cls = by_table.get(getattr(table, "name", None)) if table is not None else None
-        if cls is None or not isinstance(table, TableClause):
+        if not isinstance(table, TableClause):
+            continue
+        cls = by_table.get(table.name)
+        if cls is None:
             continue
         found.add(cls)
         annotations = getattr(element, "_annotations", {})
@@ -164,8 +168,13 @@ def _isolated_mappers(state: ORMExecuteState) -> list[type]:
 
 
 @functools.cache
-def _isolated_tables() -> dict[str, type]:
-    return {cls.__table__.name: cls for cls in _isolated_classes()}
+def _isolated_tables() -> dict[str, type[TenantIsolated]]:
+    tables: dict[str, type[TenantIsolated]] = {}
+    for cls in _isolated_classes():
+        table = inspect(cls).local_table
+        if isinstance(table, TableClause):
+            tables[table.name] = cls
+    return tables
 
 
 @event.listens_for(Session, "do_orm_execute")
@@ -190,9 +199,10 @@ def _apply_tenant_scope(state: ORMExecuteState) -> None:
 
 
 @functools.cache
-def _isolated_classes() -> tuple[type, ...]:
+def _isolated_classes() -> tuple[type[TenantIsolated], ...]:
     """Every mapped tenant-isolated class (collected once all models are mapped)."""
-    found, stack = [], list(TenantIsolated.__subclasses__())
+    found: list[type[TenantIsolated]] = []
+    stack = list(TenantIsolated.__subclasses__())
     while stack:
         cls = stack.pop()
         stack.extend(cls.__subclasses__())
