@@ -270,19 +270,19 @@ def delete_rule(actor: Actor, tenant: Tenant, rule_id: int) -> None:
 
 def describe(rule: AlertRule, currency: str) -> str:
     """The rule's trigger in words, e.g. "80 % of any plan limit"."""
-    what = METRICS[rule.metric].label if rule.metric else "any plan limit"
+    what = METRICS[rule.metric_code].label if rule.metric else "any plan limit"
     if rule.kind == "usage":
-        return f"{_pct(rule.threshold)} of {what}"
+        return f"{_pct(rule.threshold_value)} of {what}"
     if rule.kind == "overage":
         return f"past 100% of {what}"
     if rule.kind == "forecast":
-        return f"burn rate projects {_pct(rule.threshold)} of {what} by period end"
+        return f"burn rate projects {_pct(rule.threshold_value)} of {what} by period end"
     if rule.kind == "metric":
-        metric = METRICS[rule.metric]
-        return f"{metric.label} reaches {_qty(rule.threshold, metric.digits)} {metric.unit}"
+        metric = METRICS[rule.metric_code]
+        return f"{metric.label} reaches {_qty(rule.threshold_value, metric.digits)} {metric.unit}"
     if rule.kind == "spend":
-        return f"spend this period reaches {Money.from_minor(rule.amount_minor, currency)}"
-    return f"prepaid balance under {Money.from_minor(rule.amount_minor, currency)}"
+        return f"spend this period reaches {Money.from_minor(rule.amount_value, currency)}"
+    return f"prepaid balance under {Money.from_minor(rule.amount_value, currency)}"
 
 
 def _pct(value: Decimal | None) -> str:
@@ -335,10 +335,10 @@ def _checks(rule: AlertRule, summary, balance_minor: int | None, today: dt.date,
             used = f"{_qty(usage.used, metric.digits)} of {_qty(usage.limit, metric.digits)}"
             pct = usage.percentage if usage.percentage is not None else Decimal(0)
             if rule.kind == "usage":
-                holds = pct >= rule.threshold
-                level = "critical" if rule.threshold >= 95 else "warning"
+                holds = pct >= rule.threshold_value
+                level = "critical" if rule.threshold_value >= 95 else "warning"
                 title = f"{rule.name}: {metric.label} at {_pct(pct)} of the plan limit"
-                threshold_text = _pct(rule.threshold)
+                threshold_text = _pct(rule.threshold_value)
             else:
                 holds = usage.used > usage.limit
                 level = "critical"
@@ -359,11 +359,11 @@ def _checks(rule: AlertRule, summary, balance_minor: int | None, today: dt.date,
             metric = METRICS[code]
             if metric.aggregation == PEAK:
                 continue
-            target = usage.limit * rule.threshold / 100
+            target = usage.limit * rule.threshold_value / 100
             projected_pct = (usage.projected * 100 / usage.limit) if usage.limit else None
             if projected_pct is None or summary.days_elapsed < FORECAST_MIN_DAYS:
                 continue
-            if projected_pct < rule.threshold:
+            if projected_pct < rule.threshold_value:
                 checks.append(_Check(code, "clear"))
                 continue
             if usage.used >= target:
@@ -375,23 +375,23 @@ def _checks(rule: AlertRule, summary, balance_minor: int | None, today: dt.date,
                 continue
             on = today + dt.timedelta(days=days)
             title = (f"{rule.name}: {metric.label} on course to pass "
-                     f"{_pct(rule.threshold)} of the limit on {on.isoformat()}")
+                     f"{_pct(rule.threshold_value)} of the limit on {on.isoformat()}")
             message = (f"At the current burn rate "
                        f"({_qty(rate, metric.digits)} {metric.unit} a day) {metric.label} "
-                       f"passes {_pct(rule.threshold)} of the plan limit on {on.isoformat()}, "
+                       f"passes {_pct(rule.threshold_value)} of the plan limit on {on.isoformat()}, "
                        f"before the period ends on {period.last_day.isoformat()}. Used so far: "
                        f"{_qty(usage.used, metric.digits)} of "
                        f"{_qty(usage.limit, metric.digits)} {metric.unit}.")
             checks.append(_Check(code, "fire", "warning", title, message,
-                                 _pct(rule.threshold), _pct(projected_pct.quantize(
+                                 _pct(rule.threshold_value), _pct(projected_pct.quantize(
                                      Decimal("0.1"))), forecast_on=on))
     elif rule.kind == "metric":
-        usage = summary.metrics.get(rule.metric)
+        usage = summary.metrics.get(rule.metric_code)
         if usage is not None:
-            metric = METRICS[rule.metric]
-            holds = usage.used >= rule.threshold
+            metric = METRICS[rule.metric_code]
+            holds = usage.used >= rule.threshold_value
             value = f"{_qty(usage.used, metric.digits)} {metric.unit}"
-            limit = f"{_qty(rule.threshold, metric.digits)} {metric.unit}"
+            limit = f"{_qty(rule.threshold_value, metric.digits)} {metric.unit}"
             checks.append(_Check(
                 "", "fire" if holds else "clear", "budget",
                 f"{rule.name}: {metric.label} reached {limit}",
@@ -399,8 +399,8 @@ def _checks(rule: AlertRule, summary, balance_minor: int | None, today: dt.date,
                 f"past the threshold of {limit}.", limit, value))
     elif rule.kind == "spend":
         spent = summary.cost_so_far
-        budget = Money.from_minor(rule.amount_minor, currency)
-        holds = spent.to_minor() >= rule.amount_minor
+        budget = Money.from_minor(rule.amount_value, currency)
+        holds = spent.to_minor() >= rule.amount_value
         checks.append(_Check(
             "", "fire" if holds else "clear", "budget",
             f"{rule.name}: spend this period reached {budget}",
@@ -408,9 +408,9 @@ def _checks(rule: AlertRule, summary, balance_minor: int | None, today: dt.date,
             f"budget of {budget}. Projected for the whole period: "
             f"{summary.projected_cost.rounded()}.", str(budget), str(spent.rounded())))
     elif rule.kind == "credit" and balance_minor is not None:
-        floor = Money.from_minor(rule.amount_minor, currency)
+        floor = Money.from_minor(rule.amount_value, currency)
         balance = Money.from_minor(balance_minor, currency)
-        holds = balance_minor < rule.amount_minor
+        holds = balance_minor < rule.amount_value
         checks.append(_Check(
             "", "fire" if holds else "clear", "warning",
             f"{rule.name}: prepaid balance under {floor}",

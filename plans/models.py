@@ -277,6 +277,12 @@ class AlertRule(TenantScoped, Model):
         CheckConstraint("threshold IS NULL OR threshold >= 0", name="ck_alert_rule_threshold"),
         CheckConstraint("amount_minor IS NULL OR amount_minor >= 0",
                         name="ck_alert_rule_amount"),
+        CheckConstraint("kind NOT IN ('usage', 'forecast', 'metric') OR threshold IS NOT NULL",
+                        name="ck_alert_rule_has_threshold"),
+        CheckConstraint("kind NOT IN ('spend', 'credit') OR amount_minor IS NOT NULL",
+                        name="ck_alert_rule_has_amount"),
+        CheckConstraint("kind <> 'metric' OR metric IS NOT NULL",
+                        name="ck_alert_rule_has_metric"),
         Index("uq_alert_rule_system_key", "tenant_id", "system_key", unique=True,
               sqlite_where=text("system_key IS NOT NULL"),
               postgresql_where=text("system_key IS NOT NULL")),
@@ -302,6 +308,27 @@ class AlertRule(TenantScoped, Model):
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     tenant = relationship("Tenant")
+
+    @property
+    def threshold_value(self) -> Decimal:
+        """The threshold of a usage, forecast or metric rule (a constraint keeps it set)."""
+        if self.threshold is None:
+            raise ValueError(f"alert rule {self.id} ({self.kind}) has no threshold")
+        return self.threshold
+
+    @property
+    def amount_value(self) -> int:
+        """The amount of a spend or credit rule (a constraint keeps it set)."""
+        if self.amount_minor is None:
+            raise ValueError(f"alert rule {self.id} ({self.kind}) has no amount")
+        return self.amount_minor
+
+    @property
+    def metric_code(self) -> str:
+        """The metric of a metric rule (a constraint keeps it set)."""
+        if self.metric is None:
+            raise ValueError(f"alert rule {self.id} ({self.kind}) has no metric")
+        return self.metric
 
     @property
     def channel_list(self) -> list[str]:
