@@ -13,9 +13,9 @@ from sqlalchemy import func, select
 
 from invoices import invoicing, ledger
 from invoices.models import CreditPurchase, Invoice, InvoicePayment
-from invoices.rating import rate_period
+from invoices.rating import Rating, rate_period, rate_prefixes, rollup_rows
 from plans.metrics import METRICS, PEAK
-from plans.models import Subscription, UsageRollup, from_micro
+from plans.models import Subscription, from_micro
 from plans.periods import Period, period_containing, today_in
 from plans.services import current_subscription
 from plans.usage import usage_summary
@@ -62,13 +62,10 @@ def component(service: str, metric: str | None) -> str:
     return "other_cost"
 
 
-def _usage_cost_to(tenant: Tenant, period: Period, through: dt.date, group_by: str
-                   ) -> dict[str, int]:
-    """Usage cost (base fee excluded) of ``period`` up to ``through`` per group."""
-    if through <= period.start:
-        return {}
+def _usage_costs(rating: Rating, group_by: str) -> dict[str, int]:
+    """Usage cost (base fee excluded) of a rating per group."""
     costs: dict[str, int] = defaultdict(int)
-    for line in rate_period(tenant, period, through=through).lines:
+    for line in rating.lines:
         if line.kind != "overage":
             continue
         if group_by == "user":
@@ -89,56 +86,84 @@ class Bucket:
 
 
 def usage_buckets(tenant: Tenant, start: dt.date, end: dt.date, granularity: str,
-                  group_by: str) -> list[Bucket]:
+                  group_by: str, rows: list[tuple[dt.date, str, str, str, int]] | None = None
+                  ) -> list[Bucket]:
     """Usage and its cost per bucket of [start, end) and per group. A bucket's cost is
     the growth of the rated usage cost of its billing period over the bucket's days
     (overage only: what the plan includes costs nothing), so the buckets of a period
     add up to its overage lines. Quantities are given for metric groups, in billing
-    units (peak metrics: the highest day of the bucket)."""
+    units (peak metrics: the highest day of the bucket).
+
+    The rollups are read once, from the start of the first billing period to ``end``
+    (users summed unless grouping by user), and each period is rated at every bucket
+    edge within it from those rows (``rate_prefixes``). ``rows``: such rows when
+    already read, in ``rollup_rows``' form (rows of other days are left out)."""
     anchor = anchor_day(tenant)
     bounds = bucket_bounds(start, end, granularity)
-    with tenant_scope(tenant):
-        rows = db.session.execute(
-            select(UsageRollup.day, UsageRollup.metric, UsageRollup.service,
-                   UsageRollup.user_ref, func.sum(UsageRollup.quantity_micro))
-            .where(UsageRollup.day >= start, UsageRollup.day < end)
-            .group_by(UsageRollup.day, UsageRollup.metric, UsageRollup.service,
-                      UsageRollup.user_ref)).all()
-    cache: dict[tuple[dt.date, dt.date], dict[str, int]] = {}
-
-    def cost_to(day: dt.date) -> tuple[Period, dict[str, int]]:
-        period = period_containing(day - dt.timedelta(days=1), anchor)
-        key = (period.start, day)
-        if key not in cache:
-            cache[key] = _usage_cost_to(tenant, period, day, group_by)
-        return period, cache[key]
-
-    result = []
+    # Each bucket as its parts within one billing period: (period, from, to).
+    parts: list[list[tuple[Period, dt.date, dt.date]]] = []
+    edges: dict[Period, set[dt.date]] = defaultdict(set)
     for first, last in bounds:
-        costs: dict[str, int] = defaultdict(int)
-        cursor = first
+        cursor, pieces = first, []
         while cursor < last:  # a bucket may cross a period boundary
             period = period_containing(cursor, anchor)
             upto = min(last, period.end)
-            _, after = cost_to(upto)
-            before = cost_to(cursor)[1] if cursor > period.start else {}
+            pieces.append((period, cursor, upto))
+            edges[period].add(upto)
+            if cursor > period.start:
+                edges[period].add(cursor)
+            cursor = upto
+        parts.append(pieces)
+    if rows is None:
+        first_day = min((p.start for p in edges), default=start)
+        rows = rollup_rows(tenant, first_day, end, users=group_by == "user")
+    period_rows: dict[Period, list[tuple[dt.date, str, str, str, int]]] = defaultdict(list)
+    period_of: dict[dt.date, Period] = {}
+    for row in rows:
+        day = row[0]
+        if day not in period_of:
+            period_of[day] = period_containing(day, anchor)
+        period_rows[period_of[day]].append(row)
+    costs_to: dict[tuple[Period, dt.date], dict[str, int]] = {}
+    for period, days in edges.items():
+        ratings = rate_prefixes(tenant, period, sorted(days), rows=period_rows[period])
+        for day, rating in ratings.items():
+            costs_to[(period, day)] = _usage_costs(rating, group_by)
+
+    index = {day: n for n, (first, last) in enumerate(bounds)
+             for day in (first + dt.timedelta(days=d) for d in range((last - first).days))}
+    daily: dict[tuple[int, str, dt.date], int] = defaultdict(int)
+    seen: list[set[str]] = [set() for _ in bounds]
+    for day, metric, service, user, micro in rows:
+        n = index.get(day)
+        if n is None:
+            continue
+        if group_by == "metric":
+            daily[(n, metric, day)] += micro
+        else:
+            seen[n].add(service if group_by == "service" else (user or UNATTRIBUTED))
+    per_bucket: list[dict[str, list[int]]] = [defaultdict(list) for _ in bounds]
+    for (n, metric, _day), micro in daily.items():
+        per_bucket[n][metric].append(micro)
+
+    result = []
+    for n, (first, last) in enumerate(bounds):
+        costs: dict[str, int] = defaultdict(int)
+        for period, cursor, upto in parts[n]:
+            after = costs_to[(period, upto)]
+            before = costs_to[(period, cursor)] if cursor > period.start else {}
             for group in set(after) | set(before):
                 costs[group] += after.get(group, 0) - before.get(group, 0)
-            cursor = upto
         quantities: dict[str, Decimal] = {}
         if group_by == "metric":
-            daily: dict[tuple[str, dt.date], int] = defaultdict(int)
-            for day, metric, _service, _user, micro in rows:
-                if first <= day < last:
-                    daily[(metric, day)] += int(micro)
             for code, metric in METRICS.items():
-                values = [v for (m, _), v in daily.items() if m == code]
+                values = per_bucket[n].get(code)
                 if values:
                     micro = max(values) if metric.aggregation == PEAK else sum(values)
                     quantities[code] = metric.to_billing_units(from_micro(micro))
         else:
-            for _day, _metric, service, user, _micro in (r for r in rows if first <= r[0] < last):
-                costs.setdefault(service if group_by == "service" else (user or UNATTRIBUTED), 0)
+            for group in seen[n]:
+                costs.setdefault(group, 0)
         for group in sorted(set(costs) | set(quantities)):
             result.append(Bucket(first, last, group, quantities.get(group)
                                  if group_by == "metric" else None, costs.get(group, 0)))

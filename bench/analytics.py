@@ -17,23 +17,31 @@ one warm-up each, then the median of RUNS, each in a fresh transaction:
   series by day, the previous 30 days, the per-day table);
 * analytics, 12 months: the same for the annual view (by month).
 
-PostgreSQL (databases named billfold_bench_analytics_*) and SQLite.
+PostgreSQL (databases named billfold_bench_analytics_*) and SQLite. With --keep the
+seeded databases are kept (PostgreSQL database billfold_bench_analytics_kept, SQLite
+file billfold_bench_analytics_kept.db in the temporary directory) and a later run
+with --keep times against them without seeding again, as long as they were seeded
+today with the same number of events; --only runs one of the two databases.
 
-    python bench/analytics.py [--quick]
+    python bench/analytics.py [--quick] [--keep] [--only postgresql|sqlite]
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import random
 import re
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
+    PG_ADMIN_URL,
     Measure,
     Row,
     Stopwatch,
@@ -43,7 +51,6 @@ from bench._common import (
     median,
     migrated_app,
     new_tenant,
-    parse_args,
     postgres_database,
     report,
 )
@@ -64,6 +71,8 @@ QUICK_LARGE_EVENTS = 1_000_000
 RUNS = 15
 EQUAL_WITHIN = 1.5
 INSERT_CHUNK = 20_000
+DIALECTS = ("postgresql", "sqlite")
+KEPT = "billfold_bench_analytics_kept"
 # Mean event quantity per metric, in millionths of the event unit (as the usage
 # summary benchmark draws them), and the peak metric's daily value.
 MEAN_MICRO = {"llm_tokens": 4_025_000_000, "sql_queries": 10_500_000,
@@ -230,30 +239,70 @@ def time_reads(tenant_ids: dict[str, int]) -> dict[str, dict[str, list[float]]]:
     return timings
 
 
-def run_case(dialect: str, url: str, large_count: int) -> tuple[list[Row], list[list[str]]]:
+def seed(dialect: str, large_count: int, today: dt.date, now: dt.datetime) -> dict[str, int]:
+    """Both tenants and their history; returns their ids by name."""
     from plans.services import ensure_default_catalog, list_plans, subscribe
     from portal.audit import Actor
 
+    ensure_default_catalog()
+    professional = next(p for p in list_plans() if p.code == "professional")
+    starts_on = today - dt.timedelta(days=HISTORY_DAYS + 7)
+    tenants = {}
+    for name in ("small", "large"):
+        tenant = new_tenant(f"bench-{name}")
+        subscribe(Actor.system("bench"), tenant, professional, starts_on=starts_on)
+        load_ledger(tenant, today)
+        tenants[name] = tenant
+    log(f"{dialect}: {SMALL_EVENTS:,} events through the service for the small tenant")
+    load_small(tenants["small"], SMALL_EVENTS, now)
+    with Stopwatch() as load:
+        rollups = load_large(tenants["large"], large_count, today)
+    log(f"{dialect}: {rollups:,} rollup rows for {large_count:,} events in "
+        f"{load.seconds:.0f} s; analyzing")
+    analyze(dialect)
+    return {name: t.id for name, t in tenants.items()}
+
+
+def seeded(large_count: int, today: dt.date) -> dict[str, int] | None:
+    """The ids of the tenants a kept database holds, if it was seeded today for
+    ``large_count`` events."""
+    from sqlalchemy import func, select
+
+    from plans.models import UsageRollup
+    from portal.extensions import db
+    from tenants.models import Tenant
+    from tenants.scoping import unscoped
+
+    with unscoped():
+        ids = dict(db.session.execute(
+            select(Tenant.slug, Tenant.id).where(Tenant.slug.in_(("bench-small", "bench-large")))
+        ).all())
+        if len(ids) != 2:
+            return None
+        events, last = db.session.execute(
+            select(func.coalesce(func.sum(UsageRollup.event_count), 0), func.max(UsageRollup.day))
+            .where(UsageRollup.tenant_id == ids["bench-large"])).one()
+    db.session.rollback()
+    if int(events) != large_count or last != today - dt.timedelta(days=1):
+        return None
+    return {"small": ids["bench-small"], "large": ids["bench-large"]}
+
+
+def run_case(dialect: str, url: str, large_count: int, reuse: bool
+             ) -> tuple[list[Row], list[list[str]]]:
     now = dt.datetime.now(dt.UTC)
     today = now.date()
+    ids = None
+    if reuse:
+        with migrated_app(url):
+            ids = seeded(large_count, today)
+        if ids is None:
+            reset(dialect, url)
     with migrated_app(url):
-        ensure_default_catalog()
-        professional = next(p for p in list_plans() if p.code == "professional")
-        starts_on = today - dt.timedelta(days=HISTORY_DAYS + 7)
-        tenants = {}
-        for name in ("small", "large"):
-            tenant = new_tenant(f"bench-{name}")
-            subscribe(Actor.system("bench"), tenant, professional, starts_on=starts_on)
-            load_ledger(tenant, today)
-            tenants[name] = tenant
-        log(f"{dialect}: {SMALL_EVENTS:,} events through the service for the small tenant")
-        load_small(tenants["small"], SMALL_EVENTS, now)
-        with Stopwatch() as load:
-            rollups = load_large(tenants["large"], large_count, today)
-        log(f"{dialect}: {rollups:,} rollup rows for {large_count:,} events in "
-            f"{load.seconds:.0f} s; analyzing")
-        analyze(dialect)
-        ids = {name: t.id for name, t in tenants.items()}
+        if ids is None:
+            ids = seed(dialect, large_count, today, now)
+        else:
+            log(f"{dialect}: reusing the tenants seeded earlier today")
         sizes = {name: counts(fresh(tenant_id)) for name, tenant_id in ids.items()}
         read = {name: tables_read(tenant_id) for name, tenant_id in ids.items()}
         log(f"{dialect}: timing {len(READS)} reads, {RUNS} runs per tenant")
@@ -281,16 +330,71 @@ def run_case(dialect: str, url: str, large_count: int) -> tuple[list[Row], list[
     return rows, detail_rows
 
 
-def main() -> None:
-    args = parse_args(__doc__.splitlines()[0])
-    large = QUICK_LARGE_EVENTS if args.quick else FULL_LARGE_EVENTS
-    rows, details = [], []
-    with postgres_database("billfold_bench_analytics") as url:
-        case_rows, detail = run_case("postgresql", url, large)
-        rows += case_rows
-        details += detail
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller size, for a fast check")
+    parser.add_argument("--keep", action="store_true",
+                        help=f"seed into databases named {KEPT} that are kept, and reuse "
+                             "them when they were seeded today with the same size")
+    parser.add_argument("--only", choices=DIALECTS, help="run on this database only")
+    return parser.parse_args()
+
+
+@contextmanager
+def kept_postgres_database() -> Iterator[str]:
+    """The PostgreSQL database ``KEPT``, created when missing and never dropped."""
+    import psycopg
+
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise SystemExit(f"PostgreSQL is not reachable at {PG_ADMIN_URL} "
+                         f"(set BENCH_POSTGRES_URL): {exc}") from exc
+    with admin:
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (KEPT,)).fetchone():
+            log(f"reusing PostgreSQL database {KEPT}")
+        else:
+            admin.execute(f'CREATE DATABASE "{KEPT}"')
+            log(f"created PostgreSQL database {KEPT} (kept)")
+    yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{KEPT}"
+
+
+@contextmanager
+def kept_sqlite_database() -> Iterator[str]:
+    yield f"sqlite:///{Path(tempfile.gettempdir()) / KEPT}.db"
+
+
+@contextmanager
+def sqlite_database() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="billfold_bench_analytics_") as tmp:
-        case_rows, detail = run_case("sqlite", f"sqlite:///{tmp}/bench.db", large)
+        yield f"sqlite:///{tmp}/bench.db"
+
+
+def reset(dialect: str, url: str) -> None:
+    """Empty a kept database without today's seed, so that it is seeded afresh."""
+    log(f"{dialect}: the kept database holds no seed of today; seeding it afresh")
+    if dialect == "sqlite":
+        Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+        return
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{KEPT}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{KEPT}"')
+
+
+def main() -> None:
+    args = parse_args()
+    large = QUICK_LARGE_EVENTS if args.quick else FULL_LARGE_EVENTS
+    databases = {"postgresql": kept_postgres_database if args.keep
+                 else lambda: postgres_database("billfold_bench_analytics"),
+                 "sqlite": kept_sqlite_database if args.keep else sqlite_database}
+    rows, details = [], []
+    for dialect in DIALECTS:
+        if args.only and dialect != args.only:
+            continue
+        with databases[dialect]() as url:
+            case_rows, detail = run_case(dialect, url, large, args.keep)
         rows += case_rows
         details += detail
     print()

@@ -2,7 +2,8 @@
 base fee), credit bought and the balance, usage per metric, a per-day table, and
 the comparison with the previous range of the same length.
 
-Ranges are days in the tenant's time zone. Usage and its cost come from rollups
+Ranges are days in the tenant's time zone. Usage and its cost come from rollups,
+read once per page for the range and the previous one (``read_rollups``) and rated
 through ``api.queries.usage_buckets``; credit and balance from the ledger. Money is
 in integer minor units throughout."""
 
@@ -213,27 +214,59 @@ class DailyUsage:
     cost: int
 
 
-def _calls(tenant: Tenant, start: dt.date, end: dt.date):
+@dataclass(frozen=True)
+class Rollups:
+    """A tenant's rollups of a span of days per day, metric and service, read once for
+    every series of a page: ``rows`` in the form ``rollup_rows`` gives them with users
+    summed (what ``usage_buckets`` rates by metric), and ``calls``, the event count per
+    (day, metric, service)."""
+
+    rows: list[tuple[dt.date, str, str, str, int]]
+    calls: dict[tuple[dt.date, str, str], int]
+
+    def total_calls(self, start: dt.date, end: dt.date) -> int:
+        return sum(n for (day, _, _), n in self.calls.items() if start <= day < end)
+
+
+def read_rollups(tenant: Tenant, start: dt.date, end: dt.date) -> Rollups:
+    """The rollups of the days [start, end)."""
     with tenant_scope(tenant):
-        return db.session.execute(
+        result = db.session.execute(
             select(UsageRollup.day, UsageRollup.metric, UsageRollup.service,
-                   func.sum(UsageRollup.event_count))
+                   func.sum(UsageRollup.quantity_micro), func.sum(UsageRollup.event_count))
             .where(UsageRollup.day >= start, UsageRollup.day < end)
             .group_by(UsageRollup.day, UsageRollup.metric, UsageRollup.service)).all()
+    # int(): PostgreSQL sums bigints as numeric.
+    return Rollups([(day, metric, service, "", int(micro))
+                    for day, metric, service, micro, _ in result],
+                   {(day, metric, service): int(count or 0)
+                    for day, metric, service, _, count in result})
+
+
+def _rollups_for(tenant: Tenant, start: dt.date, end: dt.date) -> Rollups:
+    """The rollups that rating [start, end) needs: from the start of its first billing
+    period."""
+    return read_rollups(tenant, period_containing(start, anchor_day(tenant)).start, end)
 
 
 def daily_usage(tenant: Tenant, start: dt.date, end: dt.date,
-                buckets: list[Bucket] | None = None) -> list[DailyUsage]:
+                buckets: list[Bucket] | None = None,
+                rollups: Rollups | None = None) -> list[DailyUsage]:
     """One row per day and metric with usage or cost in [start, end): the services
     that used it, the event count, the quantity and the day's cost, oldest first.
-    ``buckets``: the range's day buckets by metric when already computed."""
+    ``buckets``: the range's day buckets by metric when already computed; ``rollups``:
+    rollups already read from the start of the billing period of ``start`` to ``end``
+    at least."""
+    if rollups is None:
+        rollups = _rollups_for(tenant, start, end)
     if buckets is None:
-        buckets = usage_buckets(tenant, start, end, "day", "metric")
+        buckets = usage_buckets(tenant, start, end, "day", "metric", rows=rollups.rows)
     calls: dict[tuple[dt.date, str], int] = defaultdict(int)
     services: dict[tuple[dt.date, str], set[str]] = defaultdict(set)
-    for day, metric, service, count in _calls(tenant, start, end):
-        calls[(day, metric)] += int(count or 0)
-        services[(day, metric)].add(service)
+    for (day, metric, service), count in rollups.calls.items():
+        if start <= day < end:
+            calls[(day, metric)] += count
+            services[(day, metric)].add(service)
     order = {code: n for n, code in enumerate(METRICS)}
     rows = [DailyUsage(b.start, b.group, tuple(sorted(services[(b.start, b.group)])),
                        calls[(b.start, b.group)], b.quantity or Decimal(0), b.cost)
@@ -248,7 +281,7 @@ def daily_of(tenant: Tenant, result: Analytics) -> tuple[DateRange, list[DailyUs
     table = daily_table_range(result.range)
     reuse = table == result.range and result.range.granularity == "day"
     return table, daily_usage(tenant, table.start, table.end,
-                              result.usage if reuse else None)
+                              result.usage if reuse else None, result.rollups)
 
 
 def daily_table_range(rng: DateRange) -> DateRange:
@@ -283,20 +316,17 @@ def _quantities(buckets: list[Bucket]) -> dict[str, Decimal]:
     return result
 
 
-def _total_calls(tenant: Tenant, rng: DateRange) -> int:
-    with tenant_scope(tenant):
-        return int(db.session.scalar(
-            select(func.coalesce(func.sum(UsageRollup.event_count), 0))
-            .where(UsageRollup.day >= rng.start, UsageRollup.day < rng.end)) or 0)
-
-
 def totals(tenant: Tenant, rng: DateRange, buckets: list[Bucket] | None = None,
-           spend: list[SpendPoint] | None = None, credit: list[CreditPoint] | None = None
-           ) -> Totals:
-    """The range's totals; series already computed for it are reused."""
+           spend: list[SpendPoint] | None = None, credit: list[CreditPoint] | None = None,
+           rollups: Rollups | None = None) -> Totals:
+    """The range's totals; series already computed for it are reused, and rollups
+    already read from the start of the billing period of its first day to its end."""
+    if rollups is None:
+        rollups = _rollups_for(tenant, rng.start, rng.end)
     if buckets is None:
-        # One bucket per billing month keeps the rating to a few calls.
-        buckets = usage_buckets(tenant, rng.start, rng.end, "month", "metric")
+        # One bucket per billing month keeps the rating to a few prefixes.
+        buckets = usage_buckets(tenant, rng.start, rng.end, "month", "metric",
+                                rows=rollups.rows)
     usage = sum(b.cost for b in buckets)
     if spend is None:
         plan_fee = sum(plan_fee_by_day(tenant, rng.start, rng.end).values())
@@ -307,8 +337,8 @@ def totals(tenant: Tenant, rng: DateRange, buckets: list[Bucket] | None = None,
         bought = sum(p.purchased for p in purchased)
     else:
         bought = sum(p.purchased for p in credit)
-    return Totals(usage + plan_fee, usage, plan_fee, bought, _total_calls(tenant, rng),
-                  _quantities(buckets))
+    return Totals(usage + plan_fee, usage, plan_fee, bought,
+                  rollups.total_calls(rng.start, rng.end), _quantities(buckets))
 
 
 @dataclass(frozen=True)
@@ -358,18 +388,22 @@ class Analytics:
     totals: Totals
     previous_totals: Totals
     changes: list[Change]
+    rollups: Rollups  # what the series were computed from, for the per-day table
 
 
 def analytics(tenant: Tenant, rng: DateRange) -> Analytics:
-    """Every chart's series for ``rng`` and the comparison with the range before it."""
-    buckets = usage_buckets(tenant, rng.start, rng.end, rng.granularity, "metric")
+    """Every chart's series for ``rng`` and the comparison with the range before it,
+    from one read of the rollups of both ranges."""
+    previous_range = rng.previous()
+    rollups = _rollups_for(tenant, previous_range.start, rng.end)
+    buckets = usage_buckets(tenant, rng.start, rng.end, rng.granularity, "metric",
+                            rows=rollups.rows)
     spend = spend_series(tenant, rng, buckets)
     credit = credit_series(tenant, rng)
-    current = totals(tenant, rng, buckets, spend, credit)
-    previous_range = rng.previous()
-    previous = totals(tenant, previous_range)
+    current = totals(tenant, rng, buckets, spend, credit, rollups)
+    previous = totals(tenant, previous_range, rollups=rollups)
     return Analytics(tenant, rng, previous_range, buckets, spend, credit, current, previous,
-                     compare(current, previous))
+                     compare(current, previous), rollups)
 
 
 def quantity_of(value: Decimal | None) -> Decimal | None:

@@ -12,7 +12,9 @@ proportion to their usage, exactly to the millionth (largest remainder), and eac
 (segment, metric, service) is one line, rounded once to the minor unit
 (``portal.money``). Line amounts are shared among end users the same way, in minor
 units, so the per-user summary adds up to the lines to the cent. Totals are sums of
-rounded lines. Reads rollups only.
+rounded lines. Reads rollups only: ``rate_period`` has the database sum a segment's
+days, and ``rate_prefixes`` rates several prefixes of a period (month to date at
+each day, for charts) from one read of its rollups by day.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, literal_column, or_, select
 
 from plans.metrics import METRICS, PEAK
 from plans.models import PlanVersion, UsageRollup, from_micro
@@ -35,6 +37,7 @@ from tenants.scoping import tenant_scope
 
 PLATFORM_SERVICE = "platform"
 MICRO = Decimal("0.000001")
+PEAK_METRICS = tuple(code for code, metric in METRICS.items() if metric.aggregation == PEAK)
 
 
 def allocate(total: int, weights: dict) -> dict:
@@ -115,16 +118,24 @@ class Rating:
         return dict(totals)
 
 
-def _rollups(tenant: Tenant, start: dt.date, end: dt.date):
-    """(day, metric, service, user, micro) of the days [start, end)."""
+def rollup_rows(tenant: Tenant, start: dt.date, end: dt.date, users: bool = True
+                ) -> list[tuple[dt.date, str, str, str, int]]:
+    """(day, metric, service, user, micro) of the days [start, end). Without ``users``
+    the day's users are summed into one row per service, with user ``""``: rated, such
+    rows give the same lines, only without their share per user."""
+    group = [UsageRollup.day, UsageRollup.metric, UsageRollup.service]
+    if users:
+        group.append(UsageRollup.user_ref)
+    user = UsageRollup.user_ref if users else literal_column("''")
     with tenant_scope(tenant):
-        return db.session.execute(
-            select(UsageRollup.day, UsageRollup.metric, UsageRollup.service,
-                   UsageRollup.user_ref, func.sum(UsageRollup.quantity_micro))
+        rows = db.session.execute(
+            select(UsageRollup.day, UsageRollup.metric, UsageRollup.service, user,
+                   func.sum(UsageRollup.quantity_micro))
             .where(UsageRollup.day >= start, UsageRollup.day < end)
-            .group_by(UsageRollup.day, UsageRollup.metric, UsageRollup.service,
-                      UsageRollup.user_ref)
+            .group_by(*group)
         ).all()
+    # int(): PostgreSQL sums bigints as numeric.
+    return [(day, metric, service, ref, int(micro)) for day, metric, service, ref, micro in rows]
 
 
 def _span(start: dt.date, end: dt.date) -> str:
@@ -132,80 +143,197 @@ def _span(start: dt.date, end: dt.date) -> str:
     return f"{start:%b} {start.day}–{last:%b} {last.day}, {last.year}"
 
 
+class _Usage:
+    """The usage of a segment's days as rating needs it: per summed metric the total
+    per (service, user); per peak metric the total of the day with the highest one
+    (the earliest of equal days) and that day's values per (service, user). ``seen``:
+    the metrics with rollup rows on those days."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.sums: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        self.peaks: dict[str, tuple[int, dict[tuple[str, str], int]]] = {}
+
+    def add_day(self, rows: list[tuple[str, str, str, int]]) -> None:
+        """One more day's (metric, service, user, micro); days come in ascending order."""
+        day_cells: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
+        for metric, service, user, micro in rows:
+            self.seen.add(metric)
+            if metric in PEAK_METRICS:
+                day_cells[metric][(service, user)] = micro
+            else:
+                cells = self.sums[metric]
+                cells[(service, user)] = cells.get((service, user), 0) + micro
+        for metric, cells in day_cells.items():
+            total = sum(cells.values())
+            if metric not in self.peaks or total > self.peaks[metric][0]:
+                self.peaks[metric] = (total, cells)
+
+    @classmethod
+    def read(cls, tenant: Tenant, start: dt.date, end: dt.date) -> _Usage:
+        """The usage of the days [start, end), summed by the database: summed metrics
+        per (service, user) over the days, peak metrics per day, and per (service,
+        user) on their peak day only."""
+        usage = cls()
+        within = (UsageRollup.day >= start, UsageRollup.day < end)
+        with tenant_scope(tenant):
+            sums = db.session.execute(
+                select(UsageRollup.metric, UsageRollup.service, UsageRollup.user_ref,
+                       func.sum(UsageRollup.quantity_micro))
+                .where(*within, UsageRollup.metric.not_in(PEAK_METRICS))
+                .group_by(UsageRollup.metric, UsageRollup.service, UsageRollup.user_ref)
+            ).all()
+            daily = db.session.execute(
+                select(UsageRollup.metric, UsageRollup.day, func.sum(UsageRollup.quantity_micro))
+                .where(*within, UsageRollup.metric.in_(PEAK_METRICS))
+                .group_by(UsageRollup.metric, UsageRollup.day).order_by(UsageRollup.day)
+            ).all()
+            peak_days: dict[str, tuple[dt.date, int]] = {}
+            for metric, day, micro in daily:
+                if metric not in peak_days or int(micro) > peak_days[metric][1]:
+                    peak_days[metric] = (day, int(micro))
+            cells = db.session.execute(
+                select(UsageRollup.metric, UsageRollup.service, UsageRollup.user_ref,
+                       UsageRollup.quantity_micro)
+                .where(or_(*(and_(UsageRollup.metric == metric, UsageRollup.day == day)
+                             for metric, (day, _) in peak_days.items())))
+            ).all() if peak_days else []
+        # int(): PostgreSQL sums bigints as numeric.
+        for metric, service, user, micro in sums:
+            usage.seen.add(metric)
+            usage.sums[metric][(service, user)] = int(micro)
+        peak_cells: dict[str, dict[tuple[str, str], int]] = {m: {} for m in peak_days}
+        for metric, service, user, micro in cells:
+            peak_cells[metric][(service, user)] = int(micro)
+        for metric, values in peak_cells.items():
+            usage.seen.add(metric)
+            usage.peaks[metric] = (sum(values.values()), values)
+        return usage
+
+
 def rate_period(tenant: Tenant, period: Period, through: dt.date | None = None) -> Rating:
     """The lines of ``period`` for ``tenant``; with ``through`` (exclusive), only the
-    days before it (a month-to-date estimate: the base fee stays the period's)."""
+    days before it (a month-to-date estimate: the base fee stays the period's). The
+    database sums each plan segment's rollups, so the rows read do not grow with the
+    days rated."""
     end = min(period.end, through) if through else period.end
+    segments = base_fee_segments(tenant, period)
+    rated = []
+    for segment in segments:
+        seg_end = min(segment.ends_on, end)
+        rated.append(None if seg_end <= segment.starts_on else _usage_lines(
+            period, segment.plan_version, segment.starts_on, seg_end, segment.days,
+            tenant.currency, _Usage.read(tenant, segment.starts_on, seg_end)))
+    return _rating(tenant, period, end, segments, rated)
+
+
+def rate_prefixes(tenant: Tenant, period: Period, throughs: list[dt.date | None],
+                  rows: list[tuple[dt.date, str, str, str, int]] | None = None
+                  ) -> dict[dt.date | None, Rating]:
+    """``rate_period`` of ``period`` through each of ``throughs``, by through, from one
+    read of the period's rollups by day (``rows`` as ``rollup_rows`` gives them, when
+    already read): each plan segment's days are added in order to running totals, and
+    each prefix is rated from them when it is reached."""
+    ends = {through: min(period.end, through) if through else period.end
+            for through in throughs}
+    segments = base_fee_segments(tenant, period)
+    last = max(ends.values(), default=period.start)
+    if rows is None:
+        rated = any(min(s.ends_on, last) > s.starts_on for s in segments)
+        rows = rollup_rows(tenant, period.start, last) if rated else []
+    by_day: dict[dt.date, list[tuple[str, str, str, int]]] = defaultdict(list)
+    for day, metric, service, user, micro in rows:
+        by_day[day].append((metric, service, user, micro))
+    per_segment: list[dict[dt.date, tuple[list[RatedLine], list[MetricUsageLine]]]] = []
+    for segment in segments:
+        rated_to: dict[dt.date, tuple[list[RatedLine], list[MetricUsageLine]]] = {}
+        usage, day = _Usage(), segment.starts_on
+        for end in sorted(set(ends.values())):
+            seg_end = min(segment.ends_on, end)
+            if seg_end <= segment.starts_on or seg_end in rated_to:
+                continue
+            while day < seg_end:
+                usage.add_day(by_day.get(day, []))
+                day += dt.timedelta(days=1)
+            rated_to[seg_end] = _usage_lines(period, segment.plan_version, segment.starts_on,
+                                             seg_end, segment.days, tenant.currency, usage)
+        per_segment.append(rated_to)
+    return {through: _rating(tenant, period, end, segments,
+                             [rated_to.get(min(segment.ends_on, end)) for segment, rated_to
+                              in zip(segments, per_segment, strict=True)])
+            for through, end in ends.items()}
+
+
+def _rating(tenant: Tenant, period: Period, end: dt.date, segments: list[BaseFeeSegment],
+            rated: list[tuple[list[RatedLine], list[MetricUsageLine]] | None]) -> Rating:
+    """The rating through ``end`` from each segment's usage lines (None: no day of the
+    segment rated), after the segment's base fee."""
     lines: list[RatedLine] = []
     usage_lines: list[MetricUsageLine] = []
-    currency = tenant.currency
-    segments = base_fee_segments(tenant, period)
-    for segment in segments:
-        version = segment.plan_version
-        plan_name = version.plan.name
-        base_minor = segment.amount.to_minor()
-        if base_minor:
-            prorated = segment.days != period.days
-            lines.append(RatedLine(
-                "base_fee",
-                f"{plan_name} plan, {_span(segment.starts_on, segment.ends_on)}"
-                + (f" (prorated {segment.days}/{period.days} days)" if prorated else ""),
-                None, PLATFORM_SERVICE,
-                (Decimal(segment.days) / Decimal(period.days)).quantize(MICRO),
-                segment.monthly_price.amount, base_minor, segment.starts_on, segment.ends_on))
-        seg_end = min(segment.ends_on, end)
-        if seg_end <= segment.starts_on:
-            continue
-        lines.extend(_usage_lines(tenant, period, version, segment.starts_on, seg_end,
-                                  segment.days, currency, usage_lines))
+    for segment, segment_rated in zip(segments, rated, strict=True):
+        base = _base_fee_line(period, segment)
+        if base is not None:
+            lines.append(base)
+        if segment_rated is not None:
+            lines.extend(segment_rated[0])
+            usage_lines.extend(segment_rated[1])
     return Rating(tenant, period, end, lines, usage_lines, segments)
 
 
-def _usage_lines(tenant: Tenant, period: Period, version: PlanVersion, start: dt.date,
-                 end: dt.date, segment_days: int, currency: str,
-                 usage_lines: list[MetricUsageLine]) -> list[RatedLine]:
-    per_metric: dict[str, dict[tuple[dt.date, str, str], int]] = defaultdict(dict)
-    for day, metric, service, user, micro in _rollups(tenant, start, end):
-        per_metric[metric][(day, service, user)] = int(micro)
-    lines = []
+def _base_fee_line(period: Period, segment: BaseFeeSegment) -> RatedLine | None:
+    base_minor = segment.amount.to_minor()
+    if not base_minor:
+        return None
+    prorated = segment.days != period.days
+    return RatedLine(
+        "base_fee",
+        f"{segment.plan_version.plan.name} plan, {_span(segment.starts_on, segment.ends_on)}"
+        + (f" (prorated {segment.days}/{period.days} days)" if prorated else ""),
+        None, PLATFORM_SERVICE,
+        (Decimal(segment.days) / Decimal(period.days)).quantize(MICRO),
+        segment.monthly_price.amount, base_minor, segment.starts_on, segment.ends_on)
+
+
+def _usage_lines(period: Period, version: PlanVersion, start: dt.date, end: dt.date,
+                 segment_days: int, currency: str, usage: _Usage
+                 ) -> tuple[list[RatedLine], list[MetricUsageLine]]:
+    """The overage lines of a segment's days [start, end) and its usage per metric."""
+    lines: list[RatedLine] = []
+    usage_lines: list[MetricUsageLine] = []
     for code, metric in METRICS.items():
-        cells = per_metric.get(code, {})
         price = version.price_for(code)
         included = price.included if price else None
         unit_price = price.unit_price if price else Decimal(0)
         if metric.aggregation == PEAK:
-            daily: dict[dt.date, int] = defaultdict(int)
-            for (day, _, _), micro in cells.items():
-                daily[day] += micro
-            peak_day = min(daily, key=lambda d: (-daily[d], d)) if daily else None
-            weights = {(s, u): m for (d, s, u), m in cells.items() if d == peak_day}
-            used = metric.to_billing_units(from_micro(daily[peak_day])) if peak_day else Decimal(0)
+            peak = usage.peaks.get(code)
+            weights = peak[1] if peak else {}
+            used = metric.to_billing_units(from_micro(peak[0])) if peak else Decimal(0)
             allowance = included
         else:
-            weights = defaultdict(int)
-            for (_, service, user), micro in cells.items():
-                weights[(service, user)] += micro
+            weights = usage.sums.get(code, {})
             used = metric.to_billing_units(from_micro(sum(weights.values())))
             allowance = (None if included is None
                          else included * segment_days / period.days)
         # No included amount means unlimited: nothing is billable.
         billable = (Decimal(0) if allowance is None
                     else max(Decimal(0), used - allowance)).quantize(MICRO)
-        if cells:
+        if code in usage.seen:
             usage_lines.append(MetricUsageLine(code, start, end, used, included, billable,
                                                unit_price))
         if billable <= 0 or unit_price == 0:
             continue
         by_service_micro: dict[str, int] = defaultdict(int)
-        for (service, _), micro in weights.items():
+        by_service_user: dict[str, dict[str, int]] = defaultdict(dict)
+        for (service, user), micro in sorted(weights.items()):
             by_service_micro[service] += micro
+            by_service_user[service][user] = micro
         shares = allocate(int(billable / MICRO), dict(sorted(by_service_micro.items())))
         for service, share_micro in shares.items():
             quantity = Decimal(share_micro) * MICRO
             amount = round_minor(quantity * unit_price, currency)
             if share_micro == 0:
                 continue
-            users = {u: m for (s, u), m in sorted(weights.items()) if s == service}
+            users = by_service_user[service]
             lines.append(RatedLine(
                 "overage",
                 f"{metric.label} over the included amount, {_span(start, end)}",
@@ -213,7 +341,7 @@ def _usage_lines(tenant: Tenant, period: Period, version: PlanVersion, start: dt
                 by_user={u or "(unattributed)": a for u, a in allocate(amount, users).items()
                          if a},
             ))
-    return lines
+    return lines, usage_lines
 
 
 def estimate_minor(rating: Rating) -> Money:

@@ -10,15 +10,19 @@ import io
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import event
 
-from invoices import invoicing, ledger
+from api.queries import usage_buckets
+from invoices import analytics, invoicing, ledger
 from invoices.models import CreditPurchase
+from invoices.rating import rate_period, rate_prefixes, rollup_rows
+from plans import services as plan_services
 from plans.metering import ingest_events
 from plans.periods import period_containing, today_in
 from portal.audit import Actor
 from portal.extensions import db
 from tenants.models import Tenant
-from tenants.scoping import unscoped
+from tenants.scoping import tenant_scope, unscoped
 from tests.conftest import page_text
 
 ACTOR = Actor.system("tests")
@@ -66,6 +70,120 @@ def alpha_closed(app, world):
                   "subtotal": invoice.subtotal_minor}
         db.session.remove()
     return result
+
+
+@pytest.fixture
+def alpha_busy(app, world):
+    """Alpha's last period with a plan change on its 11th day (Professional, then
+    Starter) and usage over and under both plans' allowances: tokens of three users
+    on two services, queries, compute, and storage whose peak is tied on two days
+    before the change and falls on a later day after it. Returns the period."""
+    with app.app_context(), unscoped():
+        tenant = _tenant(world)
+        period = _last_period()
+        plans = {p.code: p for p in plan_services.list_plans()}
+        change = period.start + dt.timedelta(days=10)
+        with tenant_scope(tenant):
+            plan_services.current_subscription(tenant, period.start).ends_on = change
+            db.session.commit()
+        plan_services.subscribe(ACTOR, tenant, plans["starter"], starts_on=change)
+        events = []
+        for day in range(0, period.days, 2):
+            at = _at(period.start + dt.timedelta(days=day))
+            for n, user in enumerate(("alice", "bob", "")):
+                events.append({"id": f"t-{day}-{n}", "metric": "llm_tokens",
+                               "quantity": 150_000 + 70_001 * n + 9_000 * day,
+                               "timestamp": at, "user": user})
+            events += [
+                {"id": f"r-{day}", "metric": "api_requests", "quantity": 80_000 + 777 * day,
+                 "timestamp": at, "user": "bob", "service": "ml_service"},
+                {"id": f"q-{day}", "metric": "sql_queries", "quantity": 900 + 13 * day,
+                 "timestamp": at, "user": "alice"},
+                {"id": f"c-{day}", "metric": "compute_hours", "quantity": 37 + day,
+                 "timestamp": at, "user": "alice"}]
+        for day, parts in ((1, (70, 50)), (4, (20, 100)), (12, (30, 35)), (15, (40, 41))):
+            at = _at(period.start + dt.timedelta(days=day))
+            events += [{"id": f"s-{day}-{n}", "metric": "storage_gb", "quantity": gb,
+                        "timestamp": at, "user": user}
+                       for n, (user, gb) in enumerate(zip(("alice", "bob"), parts, strict=True))]
+        ingest_events(tenant, events)
+        db.session.remove()
+    return period
+
+
+def _lines(rating) -> list[tuple]:
+    return [(line.kind, line.description, line.metric, line.service, line.quantity,
+             line.unit_price, line.amount_minor, line.segment_start, line.segment_end,
+             list(line.by_user.items())) for line in rating.lines]
+
+
+def test_rating_every_day_from_one_read_equals_rating_each_prefix_apart(app, world, ctx,
+                                                                          alpha_busy):
+    """``rate_prefixes`` (one read of the rollups by day, each prefix rated from running
+    totals) gives what ``rate_period`` (the database sums the days of each prefix)
+    gives, line by line and user by user."""
+    tenant, period = _tenant(world), alpha_busy
+    throughs = [None, *(period.start + dt.timedelta(days=n) for n in range(period.days + 1))]
+    prefixes = rate_prefixes(tenant, period, throughs)
+    summed = rollup_rows(tenant, period.start, period.end, users=False)
+    assert {row[3] for row in summed} == {""}
+    without_users = rate_prefixes(tenant, period, throughs, rows=summed)
+    for through in throughs:
+        apart = rate_period(tenant, period, through=through)
+        assert _lines(prefixes[through]) == _lines(apart), through
+        assert [vars(u) for u in prefixes[through].usage] == [vars(u) for u in apart.usage]
+        assert prefixes[through].through == apart.through
+        # Users summed: the same lines, every amount unattributed.
+        assert [line[:9] for line in _lines(without_users[through])] \
+            == [line[:9] for line in _lines(apart)]
+        assert without_users[through].by_user() in ({}, {
+            "(unattributed)": sum(ln.amount_minor for ln in apart.lines if ln.kind == "overage")})
+    whole = prefixes[None]
+    overage = {(ln.segment_start, ln.metric, ln.service) for ln in whole.lines
+               if ln.kind == "overage"}
+    change = period.start + dt.timedelta(days=10)
+    assert {(period.start, "storage_gb", "query_engine"), (change, "storage_gb", "query_engine"),
+            (period.start, "api_requests", "ml_service"),
+            (change, "llm_tokens", "ai_service")} <= overage
+    storage = [u for u in whole.usage if u.metric == "storage_gb"]
+    assert [(u.segment_start, u.used) for u in storage] == [(period.start, 120),
+                                                            (change, 81)]
+    # The first of the two 120 GB days (alice 70, bob 50) shares the 20 GB over.
+    first_storage = next(ln for ln in whole.lines if ln.metric == "storage_gb")
+    assert first_storage.amount_minor == 400
+    assert first_storage.by_user == {"alice": 233, "bob": 167}
+    assert len(set(whole.by_user())) == 3
+
+
+def test_analytics_reads_the_rollups_once_and_equals_separate_reads(app, world, ctx,
+                                                                      alpha_busy):
+    """The page's series, totals of both ranges and per-day table come from one read of
+    the rollups and equal what each function gives reading on its own."""
+    tenant, period = _tenant(world), alpha_busy
+    rng = analytics.date_range("custom", period.start + dt.timedelta(days=5),
+                               period.last_day + dt.timedelta(days=3), today_in("UTC"))
+    statements: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        result = analytics.analytics(tenant, rng)
+        table, daily = analytics.daily_of(tenant, result)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", capture)
+    assert sum("usage_rollup" in s for s in statements) == 1
+    assert result.usage == usage_buckets(tenant, rng.start, rng.end, "day", "metric")
+    assert result.previous_totals == analytics.totals(tenant, rng.previous())
+    assert result.totals.usage == analytics.totals(tenant, rng).usage > 0
+    assert result.totals.calls == analytics.totals(tenant, rng).calls > 0
+    assert daily == analytics.daily_usage(tenant, table.start, table.end)
+    for group_by in ("metric", "service", "user"):
+        rows = rollup_rows(tenant, period.start - dt.timedelta(days=40), rng.end,
+                           users=group_by == "user")
+        assert usage_buckets(tenant, rng.start, rng.end, "week", group_by, rows=rows) \
+            == usage_buckets(tenant, rng.start, rng.end, "week", group_by)
 
 
 # -- cost breakdown ------------------------------------------------------------------------
