@@ -211,16 +211,19 @@ def _isolated_classes() -> tuple[type[TenantIsolated], ...]:
     return tuple(found)
 
 
-def _tenant_criteria(tenant_id: int | None) -> list:
+@functools.lru_cache(maxsize=4096)
+def _tenant_criteria(tenant_id: int | None) -> tuple:
     # One criterion per concrete class rather than one lambda on the mixin: the
     # owning column differs (Tenant is owned through its own id), and the criteria
-    # also reach eager and lazy loads of related rows.
-    return [
+    # also reach eager and lazy loads of related rows. The options are immutable,
+    # so a tenant's set is built once and shared by every statement in its scope
+    # (building it costs more than a simple query).
+    return tuple(
         with_loader_criteria(
             cls, getattr(cls, cls.__tenant_column__) == tenant_id, include_aliases=True
         )
         for cls in _isolated_classes()
-    ]
+    )
 
 
 def _owner_id(obj: TenantIsolated) -> int | None:
