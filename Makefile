@@ -13,7 +13,7 @@ APT_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejav
 # Never `playwright install`: the tests use this browser and download none.
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: run test venv system-deps e2e-deps migrate lint bench clean
+.PHONY: run run-prod doctor test check typecheck venv system-deps e2e-deps migrate lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -60,9 +60,28 @@ run: venv system-deps migrate
 	@echo "Billfold on http://$(HOST):$(PORT)  (demo logins in README.md)"
 	$(FLASK) run --host $(HOST) --port $(PORT)
 
+# Production on this machine: gunicorn (BILLFOLD_WEB_WORKERS), a Celery worker and beat
+# on PostgreSQL and Redis, migrated once first; Ctrl-C stops all. See docs/deployment.md.
+run-prod: venv system-deps
+	$(BIN)/python -m portal.prod
+
+doctor: venv
+	$(FLASK) billfold doctor
+
+# Two pytest-xdist workers (the machines this runs on have two cores); tests that share
+# Redis or the browser stay on one worker (tests/conftest.py).
+PYTEST_WORKERS ?= 2
+
 test: venv system-deps e2e-deps
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 	@[ -x $(CHROMIUM) ] || echo "The e2e browser tests (tests/e2e) were skipped: Chromium is not installed ($(CHROMIUM))."
+
+typecheck: venv
+	$(BIN)/mypy portal plans invoices tenants permissions api
+
+# ruff, mypy (strict on the money, ledger and invoice code), then the whole suite.
+check: lint typecheck
+	$(MAKE) --no-print-directory test
 
 bench: venv
 	$(BIN)/python bench/run_all.py

@@ -378,7 +378,8 @@ def _checks(rule: AlertRule, summary, balance_minor: int | None, today: dt.date,
                      f"{_pct(rule.threshold_value)} of the limit on {on.isoformat()}")
             message = (f"At the current burn rate "
                        f"({_qty(rate, metric.digits)} {metric.unit} a day) {metric.label} "
-                       f"passes {_pct(rule.threshold_value)} of the plan limit on {on.isoformat()}, "
+                       f"passes {_pct(rule.threshold_value)} of the plan limit on "
+                       f"{on.isoformat()}, "
                        f"before the period ends on {period.last_day.isoformat()}. Used so far: "
                        f"{_qty(usage.used, metric.digits)} of "
                        f"{_qty(usage.limit, metric.digits)} {metric.unit}.")

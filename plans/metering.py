@@ -27,6 +27,7 @@ from plans.models import UsageRollup, from_micro
 from plans.periods import Period
 from portal import jobs
 from portal.extensions import db
+from portal.observability import count_ingestion
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope
 from tenants.services import lock_tenant
@@ -326,6 +327,7 @@ EVENT_COLUMNS = ("tenant_id", "event_id", "metric", "quantity_micro", "occurred_
                  "service", "user_ref", "properties")
 
 
+@count_ingestion(rejected_by=(BatchRejected, BatchTooLarge))
 def ingest_events(tenant: Tenant, events: Sequence[Any], *,
                   now: dt.datetime | None = None) -> IngestResult:
     """Store a batch of usage events for ``tenant`` and update its daily rollups.

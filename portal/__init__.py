@@ -27,12 +27,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app.json = DecimalJSONProvider(app)
     init_instance_folder(app)
-    init_security_headers(app)
+    init_observability(app)
     init_database(app)
     init_appbuilder(app)
     init_request_scope(app)
     init_blueprints(app)
     init_errors(app)
+    init_security_headers(app)
     init_jobs(app)
     init_template_filters(app)
     init_cli(app)
@@ -45,8 +46,8 @@ def init_instance_folder(app: Flask) -> None:
     os.makedirs(app.instance_path, exist_ok=True)
 
 
-def init_security_headers(app: Flask) -> None:
-    from portal.security_headers import init_security_headers as init
+def init_observability(app: Flask) -> None:
+    from portal.observability import init_observability as init
 
     init(app)
 
@@ -189,6 +190,12 @@ def init_blueprints(app: Flask) -> None:
     app.register_blueprint(public_bp)
     app.register_blueprint(webhooks_bp)
     csrf.exempt(webhooks_bp)  # Stripe signs its payloads instead
+
+
+def init_security_headers(app: Flask) -> None:
+    from portal.security_headers import init_security_headers as init
+
+    init(app)
 
 
 def init_errors(app: Flask) -> None:

@@ -9,6 +9,7 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from portal.audit import Actor
+from portal.doctor import doctor_command
 from portal.errors import NotFoundError, ValidationFailed
 
 CLI_ACTOR = Actor.system("cli")
@@ -22,6 +23,9 @@ def fail(message: str) -> None:
 @click.group()
 def billfold() -> None:
     """Billfold administration."""
+
+
+billfold.add_command(doctor_command)
 
 
 @billfold.command("sync-roles")

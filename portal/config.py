@@ -100,6 +100,15 @@ class Config:
     DEFAULT_CURRENCY = "USD"
     DEFAULT_TIMEZONE = "UTC"
 
+    # Production runtime and observability (portal/observability.py, portal/prod.py).
+    # gunicorn.conf.py reads the web tier's BILLFOLD_WEB_* variables itself.
+    PRODUCTION = False  # `make run-prod` sets it; `billfold doctor` is then strict
+    LOG_FORMAT = "text"  # or "json": one JSON object per line (the default of run-prod)
+    LOG_LEVEL = "INFO"
+    METRICS_TOKEN: str | None = None  # /metrics also answers "Authorization: Bearer <it>"
+    METRICS_ALLOW_LOCAL = True  # /metrics answers direct requests from 127.0.0.1 / ::1
+    WORKER_METRICS_BIND: str | None = None  # host:port where a Celery worker serves metrics
+    PROXY_COUNT = 0  # proxies in front that set X-Forwarded-For/-Proto/-Host (ProxyFix)
 
 
 def load_config(app, config: dict | None) -> None:

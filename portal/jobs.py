@@ -89,6 +89,7 @@ def drain() -> int:
     """Run the committed jobs, including any they defer in turn; returns how many ran.
     A failing job is logged and does not stop the others: each job records its own
     failure where its caller can see it."""
+    from portal import observability
     from portal.extensions import db
 
     ran = 0
@@ -96,7 +97,7 @@ def drain() -> int:
     while queue:
         name, args = queue.pop(0)
         try:
-            TASKS[name](*args)
+            observability.run_observed(name, TASKS[name], *args)
         except Exception:
             log.exception("job %s%r failed", name, args)
             db.session.rollback()
