@@ -137,15 +137,18 @@ def sqlite_writer(rows: list[tuple]):
 
 
 def postgres_writer(rows: list[tuple]):
-    """A function that COPYs rows[start:end] into usage_event and commits."""
+    """A function that COPYs rows[start:end] into usage_event (binary COPY, as the
+    service writes) and commits."""
+    from plans.metering import EVENT_COPY_TYPES
     from portal.extensions import db
 
-    sql = "COPY usage_event ({}) FROM STDIN".format(", ".join(COLUMNS))
+    sql = "COPY usage_event ({}) FROM STDIN (FORMAT BINARY)".format(", ".join(COLUMNS))
     pooled = db.engine.raw_connection()
     conn = pooled.driver_connection
 
     def write(start: int, end: int) -> None:
         with conn.cursor() as cur, cur.copy(sql) as copy:
+            copy.set_types([*EVENT_COPY_TYPES, "timestamptz"])  # and ingested_at
             for row in rows[start:end]:
                 copy.write_row(row)
         conn.commit()
