@@ -29,6 +29,7 @@ def pytest_configure(config):
         "markers", "xdist_group(name): tests that share a server run on one xdist worker")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name
