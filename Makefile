@@ -71,9 +71,10 @@ doctor: venv
 # Two pytest-xdist workers (the machines this runs on have two cores); tests that share
 # Redis or the browser stay on one worker (tests/conftest.py).
 PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 
 test: venv system-deps e2e-deps
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 	@[ -x $(CHROMIUM) ] || echo "The e2e browser tests (tests/e2e) were skipped: Chromium is not installed ($(CHROMIUM))."
 
 typecheck: venv
