@@ -68,13 +68,14 @@ run-prod: venv system-deps
 doctor: venv
 	$(FLASK) billfold doctor
 
-# Two pytest-xdist workers (the machines this runs on have two cores); tests that share
-# Redis or the browser stay on one worker (tests/conftest.py).
+# Two pytest-xdist workers (the machines this runs on have two cores); each test file
+# runs on one worker, so the tests of a file that share a Redis database or a browser
+# never run at the same time.
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 test: venv system-deps e2e-deps
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	@[ -x $(CHROMIUM) ] || echo "The e2e browser tests (tests/e2e) were skipped: Chromium is not installed ($(CHROMIUM))."
 
 typecheck: venv

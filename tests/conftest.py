@@ -17,26 +17,10 @@ from tenants.scoping import unscoped
 
 PG_URL = os.environ.get("BILLFOLD_TEST_DATABASE_URL")
 DATABASES = ["sqlite"] + (["postgresql"] if PG_URL else [])
-# Under pytest-xdist (``make test`` runs two workers) each worker has a PostgreSQL
-# database of its own, named after the given one; tests that share Redis or drive the
-# browser stay on one worker each (``xdist_group``), since they share a server.
+# Under pytest-xdist (``make test`` runs two workers, ``--dist loadfile``: the tests of
+# one file stay on one worker, so the Redis tests of a file never race each other)
+# each worker has a PostgreSQL database of its own, named after the given one.
 WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-SHARED_SERVER_GROUPS = {"test_tasks.py": "redis", "test_runtime.py": "redis"}
-
-
-def pytest_configure(config):
-    config.addinivalue_line(
-        "markers", "xdist_group(name): tests that share a server run on one xdist worker")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups off the items
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        if "e2e" in item.path.parts:
-            item.add_marker(pytest.mark.xdist_group("browser"))
-        elif name in SHARED_SERVER_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(SHARED_SERVER_GROUPS[name]))
 
 
 def _admin_execute(url, statement: str) -> None:
