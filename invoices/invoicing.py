@@ -35,7 +35,7 @@ from plans.metrics import METRICS
 from plans.models import Subscription
 from plans.periods import Period, local_day, period_containing, period_from_label
 from plans.services import lock_plan_version
-from portal import audit, jobs
+from portal import audit, jobs, observability
 from portal.audit import Actor
 from portal.errors import NotFoundError, ValidationFailed
 from portal.extensions import db
@@ -297,9 +297,18 @@ def _issue(tenant: Tenant, period: Period, actor: Actor, now: dt.datetime,
 
 
 def _finish(tenant: Tenant, invoice: Invoice, render: bool = True) -> None:
-    """What a killed close may have left undone, done now (both jobs are idempotent)."""
+    """What a killed close may have left undone, done now (both jobs are idempotent).
+    A PDF that fails to render is logged and counted as a failed render job; the
+    invoice stays issued without a PDF, which its job, the next close or its first
+    download renders, and the card charge and the other tenants' closes go on."""
     if render and invoice.pdf_sha256 is None:
-        render_invoice(invoice.id)
+        number = invoice.number
+        try:
+            observability.run_observed(RENDER_JOB, render_invoice, invoice.id)
+        except Exception:
+            db.session.rollback()
+            current_app.logger.exception("invoice %s: the PDF was not rendered; it is "
+                                         "rendered again later", number)
     if invoice.status in ("pending", "overdue") and invoice.payment_terms == "card" \
             and invoice.stripe_payment_intent_id is None:
         charge_invoice(invoice.id)
@@ -464,9 +473,11 @@ def charge_invoice(invoice_id: int) -> str:
         intent_id = getattr(getattr(exc.error, "payment_intent", None), "id", None)
         outcome = f"declined: {exc.user_message}"
     except stripe.StripeError as exc:
-        # Not a decline (the card is unknown to Stripe, the network failed): nothing
-        # was charged; the invoice stays open and the next close retries.
-        intent_id, outcome = None, f"not charged: {exc.user_message or exc}"
+        # Not a decline: Stripe refused the request, failed or did not answer in time
+        # (then it may have charged). The invoice stays open without a payment intent;
+        # the next run asks again with the same idempotency key, which Stripe answers
+        # with the charge it made, if any, instead of charging again.
+        intent_id, outcome = None, f"not confirmed by Stripe: {exc.user_message or exc}"
     with tenant_scope(tenant):
         row = db.session.get_one(Invoice, invoice_id)
         if row.stripe_payment_intent_id is None and intent_id:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 WEBHOOK_ACTOR = Actor.system("stripe_webhook")
 MIN_PURCHASE_MINOR = 500
 MAX_PURCHASE_MINOR = 10_000_000
+STRIPE_TIMEOUT_SECONDS = 20  # per attempt; the library's own default is 80
 
 
 class PaymentsNotConfigured(RuntimeError):
@@ -46,11 +47,16 @@ class WebhookRejected(ValueError):
 
 
 def client() -> stripe.StripeClient:
+    """A Stripe client that gives up on an answer after ``STRIPE_TIMEOUT_SECONDS``
+    (default 20) and retries twice; the library sends one idempotency key with a
+    request and its retries, so a retried request is carried out once."""
     key = current_app.config.get("STRIPE_SECRET_KEY")
     if not key:
         raise PaymentsNotConfigured("set BILLFOLD_STRIPE_SECRET_KEY to take card payments")
     base = current_app.config.get("STRIPE_API_BASE")
-    options: dict[str, Any] = {"max_network_retries": 2}
+    timeout = float(current_app.config.get("STRIPE_TIMEOUT_SECONDS") or STRIPE_TIMEOUT_SECONDS)
+    options: dict[str, Any] = {"max_network_retries": 2,
+                               "http_client": stripe.RequestsClient(timeout=timeout)}
     if base:
         options["base_addresses"] = {"api": base}
     return stripe.StripeClient(key, **options)

@@ -32,6 +32,7 @@ from permissions.matrix import RESOURCE_LEDGER_ADMIN, RESOURCE_PAYMENTS, RESOURC
 from plans.periods import local_range
 from portal.audit import Actor
 from portal.errors import ValidationFailed, attach_errors
+from portal.extensions import db
 from portal.formatting import local_datetime
 from portal.money import Money
 from portal.paging import cursor_arg
@@ -294,6 +295,17 @@ class PaymentsView(BaseView):
         except payments.PaymentsNotConfigured as exc:
             flash(str(exc), "danger")
             return redirect(url_for("PaymentsView.index"))
+        except stripe.StripeError as exc:
+            # Stripe failed or did not answer, after the client's own retries: no
+            # checkout page reached the user, so nothing can have been paid.
+            current_app.logger.warning("checkout (%s) for %s not started: %r", mode,
+                                       tenant.slug, exc)
+            db.session.rollback()
+            what = ("did not answer in time" if isinstance(exc, stripe.APIConnectionError)
+                    else "answered with an error")
+            flash(f"Stripe {what}, so the checkout did not start and nothing was charged. "
+                  "Please try again in a few minutes.", "danger")
+            return self._back(tenant)
         return redirect(start.url, code=303)
 
     @expose("/add-card", methods=["POST"])

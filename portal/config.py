@@ -73,6 +73,7 @@ class Config:
     STRIPE_SECRET_KEY: str | None = None
     STRIPE_WEBHOOK_SECRET: str | None = None
     STRIPE_API_BASE: str | None = None  # a local stand-in of Stripe's API
+    STRIPE_TIMEOUT_SECONDS = 20  # per attempt (the library retries twice more)
     API_RATE_LIMIT = "600 per minute"  # per API key
     API_INGEST_RATE_LIMIT = "6000 per minute"  # per API key, for usage ingestion
     API_MAX_BATCH_BYTES = 16 * 1024 * 1024

@@ -38,6 +38,9 @@ What it mimics:
 * Helpers build the webhook events Stripe would send (``complete_checkout``,
   ``refund_event``, ``payment_failed_event``) and sign them
   (``sign_payload``, ``signed_webhook``) the way ``stripe.Webhook`` verifies.
+* Faults on request: ``fail_next`` answers the next request to a path with a
+  5xx ``api_error`` without executing it; ``delay_next`` executes it and holds
+  the answer back, so a client's timeout fires after Stripe did the work.
 
 Only the standard library is used.
 """
@@ -575,6 +578,19 @@ class _Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    delay: float = 0.0  # seconds to hold the answer back
+
+
+@dataclass
+class _Fault:
+    """A fault queued for requests ``method path``: an HTTP ``status`` to answer
+    with, or ``delay`` seconds to hold the answer back; ``times`` requests left."""
+
+    method: str
+    path: str
+    status: int | None
+    delay: float
+    times: int
 
 
 @dataclass
@@ -684,6 +700,7 @@ class StripeStub:
         self._store = _Store()
         self._declines: deque[tuple[str, str | None, str]] = deque()
         self._idempotency: dict[tuple[str, str], _Replay] = {}
+        self._faults: list[_Fault] = []
 
     # ------------------------------------------------------------- lifecycle
 
@@ -731,13 +748,15 @@ class StripeStub:
         return f"<StripeStub {where}>"
 
     def reset(self) -> None:
-        """Forget all objects, events, recorded requests, idempotency keys and declines."""
+        """Forget all objects, events, recorded requests, idempotency keys, declines
+        and queued faults."""
         with self._lock:
             self.requests.clear()
             self.events.clear()
             self._store = _Store()
             self._declines.clear()
             self._idempotency.clear()
+            self._faults.clear()
 
     # --------------------------------------------------------------- helpers
 
@@ -748,6 +767,12 @@ class StripeStub:
             if obj is None:
                 raise KeyError(object_id)
             return copy.deepcopy(obj)
+
+    def objects(self, kind: str) -> list[JSON]:
+        """Copies of the live objects of one type (``checkout.session``,
+        ``payment_intent``, ...), newest first."""
+        with self._lock:
+            return copy.deepcopy(self._store.all(kind))
 
     def requests_for(self, method: str, path: str) -> list[RecordedRequest]:
         """Recorded requests with this method and exact path."""
@@ -775,6 +800,46 @@ class StripeStub:
         """
         with self._lock:
             self._declines.append(_decline(code, decline_code, message))
+
+    def fail_next(self, path: str, status: int = 500, *, method: str = "POST",
+                  times: int = 1) -> None:
+        """Answer the next ``times`` requests ``method path`` (e.g. ``POST
+        /v1/checkout/sessions``) with HTTP ``status`` and an ``api_error``.
+
+        As when Stripe fails in front of the API: the request is recorded but not
+        executed, and nothing is saved for its idempotency key, so a retry with the
+        same key runs it. No ``Stripe-Should-Retry`` header is sent: the ``stripe``
+        library retries a 5xx as far as its ``max_network_retries`` allow.
+        """
+        if not 400 <= status <= 599:
+            raise ValueError("status must be an HTTP error status (400-599)")
+        with self._lock:
+            self._faults.append(_Fault(method.upper(), path, status, 0.0, times))
+
+    def delay_next(self, path: str, seconds: float, *, method: str = "POST",
+                   times: int = 1) -> None:
+        """Hold back the answer to the next ``times`` requests ``method path`` for
+        ``seconds``.
+
+        The request is executed first (and its answer saved for its idempotency
+        key), as when Stripe did the work but its answer is slow: a client that
+        times out and retries with the same key gets the first answer replayed,
+        one with a new key makes a new object.
+        """
+        if seconds <= 0:
+            raise ValueError("seconds must be positive")
+        with self._lock:
+            self._faults.append(_Fault(method.upper(), path, None, float(seconds), times))
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        """The first queued fault for ``method path``, used up by one request."""
+        for fault in self._faults:
+            if fault.method == method and fault.path == path:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
 
     def create_payment_method(self, card: Card = DEFAULT_CARD, customer: str | None = None) -> JSON:
         """Create a card PaymentMethod, attached to ``customer`` if given; returns a copy."""
@@ -965,11 +1030,20 @@ class StripeStub:
             }
             self.requests.append(RecordedRequest(method, path, copy.deepcopy(params), recorded))
             call = _Call(method, path, params, headers, request_id)
-            if not path.startswith("/v1/"):
-                page = self._page(call)
-                if page is not None:
-                    return page
-            return self._api(call, error)
+            fault = self._take_fault(method, path)
+            if fault is not None and fault.status is not None:
+                failed = self._json_response(call, fault.status, {"error": {
+                    "type": "api_error",
+                    "message": f"Stripe answered {fault.status} (a fault set by fail_next).",
+                }})
+                failed.headers.pop("Stripe-Should-Retry", None)
+                return failed
+            response = None if path.startswith("/v1/") else self._page(call)
+            if response is None:
+                response = self._api(call, error)
+            if fault is not None:
+                response.delay = fault.delay
+            return response
 
     def _api(self, call: _Call, parse_error: StubError | None) -> _Response:
         replay_key: tuple[str, str] | None = None
@@ -2280,13 +2354,18 @@ class _RequestHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {name.lower(): value for name, value in self.headers.items()}
         response = self.server.stub._handle_http(self.command, self.path, headers, body)
-        self.send_response(response.status)
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(response.body)
+        if response.delay:
+            time.sleep(response.delay)  # outside the stub's lock: other requests go on
+        try:
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(response.body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(response.body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client stopped waiting (a delayed answer): nothing to deliver
 
     do_GET = do_POST = do_DELETE = _serve
 

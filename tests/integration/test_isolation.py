@@ -132,6 +132,9 @@ def test_every_object_route_answers_404_for_another_tenants_ids(app, every_kind,
                 if not refused or any(m in body for m in B_MARKERS):
                     leaks += 1
                     failures.append(f"{method} {rule.rule} pk={pk} -> {response.status_code}")
+    kinds = {model.__name__ for _, _, model in object_rules(app) if model is not None}
+    print(f"\nisolation probe ({who}): {len(object_rules(app))} object routes, "
+          f"{len(kinds)} object kinds, {attempts} attempts, {leaks} leaks")
     assert attempts > 0
     assert leaks == 0, failures
 
@@ -337,5 +340,6 @@ def test_every_api_route_refuses_another_tenants_objects(app, every_kind, client
                    for row in body["data"]) or any(m in str(body) for m in B_MARKERS):
                 leaks += 1
                 failures.append(url.format(value + 1))
+    print(f"\nAPI isolation probe: {attempts} attempts, {leaks} leaks")
     assert attempts > 0
     assert leaks == 0, failures
