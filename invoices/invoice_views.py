@@ -7,10 +7,11 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal, InvalidOperation
 
-from flask import Response, flash, g, redirect, request, url_for
+from flask import Response, current_app, flash, g, redirect, request, url_for
 from flask_appbuilder import BaseView, expose
 from flask_appbuilder.security.decorators import has_access
 from flask_wtf import FlaskForm
+from werkzeug.exceptions import HTTPException
 from wtforms import BooleanField, SelectField, StringField
 from wtforms.validators import DataRequired, Length
 
@@ -21,7 +22,7 @@ from invoices.views import date_args, parse_amount
 from permissions.matrix import RESOURCE_INVOICES
 from plans.metrics import METRICS
 from portal.audit import Actor
-from portal.errors import ValidationFailed, attach_errors
+from portal.errors import NotFoundError, ValidationFailed, attach_errors
 from portal.tenancy import page_tenant, tenant_picker
 
 
@@ -119,7 +120,16 @@ class InvoicesView(BaseView):
     @has_access
     def pdf(self, number):
         tenant = page_tenant(required=True)
-        data, filename = invoicing.invoice_pdf(tenant, number)
+        try:
+            data, filename = invoicing.invoice_pdf(tenant, number)
+        except (NotFoundError, HTTPException):
+            raise
+        except Exception:  # noqa: BLE001 - the renderer failed: say so, keep the page
+            current_app.logger.exception("PDF of invoice %s could not be rendered", number)
+            flash(f"The PDF of invoice {number} could not be made just now; the failure is "
+                  "logged and the PDF is made on the next try.", "danger")
+            return redirect(url_for("InvoicesView.show", number=number,
+                                    **_tenant_arg(tenant)))
         return Response(data, mimetype="application/pdf",
                         headers={"Content-Disposition": f'attachment; filename="{filename}"'})
 

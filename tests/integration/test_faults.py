@@ -368,8 +368,15 @@ def test_a_weasyprint_failure_leaves_the_invoice_issued_and_the_pdf_is_rendered_
     assert _job_failures(invoicing.RENDER_JOB) == failures + 2
     assert _issued(app, invoice_id) == (issued, (None, None, None))
 
+    billing = login("alpha-billing")  # a download while it is broken: a message, no PDF
+    refused = billing.get(f"/billing/invoices/{number}.pdf")
+    assert refused.status_code == 302 and refused.headers["Location"].endswith(
+        f"/billing/invoices/{number}")
+    page = billing.get(refused.headers["Location"])
+    assert "could not be made just now" in page.get_data(as_text=True)
+    assert _issued(app, invoice_id) == (issued, (None, None, None))
+
     state["broken"] = False  # WeasyPrint works again: the first download renders it
-    billing = login("alpha-billing")
     first = billing.get(f"/billing/invoices/{number}.pdf")
     assert first.status_code == 200 and first.mimetype == "application/pdf"
     body = first.get_data()
