@@ -82,25 +82,42 @@ def db_kind(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def app(db_kind, tmp_path_factory):
+def _apps(tmp_path_factory):
+    """One migrated app per database for the whole session. pytest re-creates a
+    parametrised session fixture each time the parameter changes, which happens at
+    every test file when the files are spread over xdist workers; the apps are
+    therefore kept here and ``app`` only looks its one up."""
     from permissions.sync import sync_roles
 
-    url = database_url(db_kind, tmp_path_factory)
-    app = create_app(config_for(url))
-    with app.app_context():
-        if db_kind == "postgresql":
-            # A previous run may have left the schema behind: start from nothing.
-            from flask_migrate import downgrade
+    built: dict[str, object] = {}
 
-            downgrade(revision="base")
-        upgrade()
-        sync_roles(app.appbuilder)
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()
-    if db_kind == "postgresql":
-        drop_worker_database(url)
+    def get(kind: str):
+        if kind not in built:
+            url = database_url(kind, tmp_path_factory)
+            app = create_app(config_for(url))
+            with app.app_context():
+                if kind == "postgresql":
+                    # A previous run may have left the schema behind: start from nothing.
+                    from flask_migrate import downgrade
+
+                    downgrade(revision="base")
+                upgrade()
+                sync_roles(app.appbuilder)
+            built[kind] = app
+        return built[kind]
+
+    yield get
+    for kind, app in built.items():
+        with app.app_context():
+            db.session.remove()
+            db.engine.dispose()
+        if kind == "postgresql":
+            drop_worker_database(app.config["DATABASE_URL"])
+
+
+@pytest.fixture(scope="session")
+def app(db_kind, _apps):
+    return _apps(db_kind)
 
 
 @pytest.fixture(autouse=True)
