@@ -18,11 +18,12 @@ from wtforms.validators import DataRequired, Length
 from invoices import auto_recharge, invoicing, usage_charges
 from invoices.invoice_pdf import SERVICE_LABELS
 from invoices.models import INVOICE_STATUSES, Invoice
-from invoices.views import date_args, parse_amount
+from invoices.views import parse_amount
 from permissions.matrix import RESOURCE_INVOICES
 from plans.metrics import METRICS
 from portal.audit import Actor
 from portal.errors import NotFoundError, ValidationFailed, attach_errors
+from portal.paging import date_args
 from portal.tenancy import page_tenant, tenant_picker
 
 

@@ -35,22 +35,8 @@ from portal.errors import ValidationFailed, attach_errors
 from portal.extensions import db
 from portal.formatting import local_datetime
 from portal.money import Money
-from portal.paging import cursor_arg
+from portal.paging import cursor_arg, date_args
 from portal.tenancy import page_tenant, tenant_picker
-
-
-def date_args(errors: list[str]) -> dict[str, dt.date]:
-    """The query string's ``from`` and ``to`` dates; a malformed one adds to
-    ``errors`` and is left out."""
-    days = {}
-    for key in ("from", "to"):
-        raw = request.args.get(key, "").strip()
-        if raw:
-            try:
-                days[key] = dt.date.fromisoformat(raw)
-            except ValueError:
-                errors.append(f"{key} must be a date such as 2026-11-01")
-    return days
 
 
 def _filters(tenant) -> tuple[ledger.EntryFilter, dict, list[str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from contextlib import nullcontext
 
 from flask import flash, g, redirect, request, url_for
@@ -20,7 +19,7 @@ from portal.errors import NotFoundError, ValidationFailed, attach_errors
 from portal.extensions import db
 from portal.money import Money
 from portal.notifications import Delivery, retry_now
-from portal.paging import INT32_MAX, cursor_arg
+from portal.paging import INT32_MAX, cursor_arg, date_args
 from portal.tenancy import page_tenant, tenant_picker
 from tenants.scoping import tenant_scope
 
@@ -156,14 +155,8 @@ class AlertsView(BaseView):
     def history(self):
         tenant = page_tenant()
         zone = tenant.timezone if tenant else "UTC"
-        errors, days = [], {}
-        for key in ("from", "to"):
-            raw = request.args.get(key, "").strip()
-            if raw:
-                try:
-                    days[key] = dt.date.fromisoformat(raw)
-                except ValueError:
-                    errors.append(f"{key} must be a date such as 2026-11-01")
+        errors: list[str] = []
+        days = date_args(errors)
         for message in errors:
             flash(message, "danger")
         start, end = local_range(days.get("from"), days.get("to"), zone)

@@ -430,7 +430,6 @@ def evaluate(tenant: Tenant, *, today: dt.date | None = None,
     from portal.notifications import queue_alert_deliveries
 
     now = now or dt.datetime.now(dt.UTC)
-    ensure_default_rules(tenant)
     summary = usage_summary(tenant, today=today)
     today = today or _today(tenant)
     period = summary.period

@@ -36,6 +36,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.sql.elements import ColumnElement
 
 from portal import jobs
 from portal.extensions import db
@@ -161,19 +162,23 @@ def alert_link() -> str:
 
 # --- sending ---------------------------------------------------------------------
 
-def _claim(delivery_id: int, now: dt.datetime, force: bool) -> bool:
-    """Take the delivery for this worker: due (or forced) and not claimed by a live
-    worker. One UPDATE, so two workers never both win."""
+def _claimable(now: dt.datetime, force: bool = False) -> ColumnElement[bool]:
+    """Deliveries a worker may take: waiting and due (any waiting one when forced),
+    or claimed by a worker that has not finished within the claim timeout."""
     stale = now - dt.timedelta(seconds=int(current_app.config.get(
         "NOTIFY_CLAIM_TIMEOUT_SECONDS", 600)))
     due = or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)
-    claimable = or_(
+    return or_(
         and_(Delivery.status.in_(("pending", "retrying")), true() if force else due),
         and_(Delivery.status == "sending", Delivery.claimed_at < stale),
     )
+
+
+def _claim(delivery_id: int, now: dt.datetime, force: bool) -> bool:
+    """Take the delivery for this worker. One UPDATE, so two workers never both win."""
     # An UPDATE answers a CursorResult, which carries the row count.
     result = cast("CursorResult[Any]", db.session.execute(
-        update(Delivery).where(Delivery.id == delivery_id, claimable)
+        update(Delivery).where(Delivery.id == delivery_id, _claimable(now, force))
         .values(status="sending", claimed_at=now)
         .execution_options(synchronize_session=False)))
     db.session.commit()
@@ -273,15 +278,9 @@ def retry_due(now: dt.datetime | None = None, limit: int = 500) -> dict[str, int
     """Send every delivery that is due (first attempts left behind, retries whose
     time has come, stale claims); returns the count per resulting status."""
     now = now or _now()
-    stale = now - dt.timedelta(seconds=int(current_app.config.get(
-        "NOTIFY_CLAIM_TIMEOUT_SECONDS", 600)))
     with unscoped():
         ids = list(db.session.scalars(
-            select(Delivery.id).where(or_(
-                and_(Delivery.status.in_(("pending", "retrying")),
-                     or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now)),
-                and_(Delivery.status == "sending", Delivery.claimed_at < stale),
-            )).order_by(Delivery.id).limit(limit)))
+            select(Delivery.id).where(_claimable(now)).order_by(Delivery.id).limit(limit)))
     outcome: dict[str, int] = {}
     for delivery_id in ids:
         status = deliver(delivery_id, now=now)

@@ -1,6 +1,9 @@
-"""The ``before`` cursor of paged pages: the id of the last row shown."""
+"""Query-string arguments of paged pages: the ``before`` cursor (the id of the last
+row shown) and the ``from``/``to`` dates of a range."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 from flask import abort, request
 
@@ -19,3 +22,17 @@ def cursor_arg(largest_id: int = INT64_MAX) -> int | None:
         abort(400)
     value = int(raw)
     return None if value > largest_id else value
+
+
+def date_args(errors: list[str]) -> dict[str, dt.date]:
+    """The query string's ``from`` and ``to`` dates; a malformed one adds to
+    ``errors`` and is left out."""
+    days = {}
+    for key in ("from", "to"):
+        raw = request.args.get(key, "").strip()
+        if raw:
+            try:
+                days[key] = dt.date.fromisoformat(raw)
+            except ValueError:
+                errors.append(f"{key} must be a date such as 2026-11-01")
+    return days
