@@ -132,7 +132,12 @@ def _retry_after() -> int:
 
     limit = current_app.appbuilder.sm.limiter.current_limit
     if limit is None:
-        return 1
+        # The breached limit is not known here: a whole window of the longest API
+        # limit, so that the client never comes back too early.
+        from limits import parse
+
+        return max(parse(current_app.config[key]).get_expiry()
+                   for key in ("API_RATE_LIMIT", "API_INGEST_RATE_LIMIT"))
     return max(1, math.ceil(limit.reset_at - time.time()))
 
 
