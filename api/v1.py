@@ -138,7 +138,8 @@ def _retry_after() -> int:
 
         return max(parse(current_app.config[key]).get_expiry()
                    for key in ("API_RATE_LIMIT", "API_INGEST_RATE_LIMIT"))
-    return max(1, math.ceil(limit.reset_at - time.time()))
+    # reset_at is in whole seconds, rounded down: the window may end up to a second later.
+    return max(1, math.ceil(limit.reset_at + 1 - time.time()))
 
 
 def requires(scope: str) -> Callable:
