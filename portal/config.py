@@ -81,6 +81,9 @@ class Config:
     JOBS_EAGER = True  # run jobs in-process after the request that committed them
     CELERY_BROKER_URL: str | None = None  # e.g. redis://127.0.0.1:6379/1; none: in-process
     CELERY_RESULT_BACKEND: str | None = None  # default: the broker
+    # A task taken by a worker that died unacknowledged goes back to the queue after
+    # this many seconds: longer than the longest task, or it would run twice at once.
+    CELERY_VISIBILITY_TIMEOUT = 3600
     MAIL_SERVER: str | None = None  # SMTP host; email is off until it is set
     MAIL_PORT = 25
     MAIL_USE_TLS = False

@@ -4,7 +4,10 @@ The broker is ``CELERY_BROKER_URL`` (Redis in production). Without one, tasks ru
 in-process at once (``task_always_eager``), so the embedded default needs no Redis.
 Every task is idempotent, and a task is acknowledged only once it has finished
 (``acks_late``): a worker that dies mid-task leaves it to be run again, which then
-finds the work done (one invoice per tenant and period, ledger refs, stored PDFs).
+finds the work done (one invoice per tenant and period, ledger refs, stored PDFs,
+one idempotency key per card charge). On Redis the message of a task whose worker
+was killed outright goes back to the queue ``CELERY_VISIBILITY_TIMEOUT`` seconds
+after it was taken.
 
     celery -A portal.worker:celery worker   # the jobs
     celery -A portal.worker:celery beat     # the schedule below
@@ -61,6 +64,8 @@ def init_celery(app: Flask) -> Celery:
         beat_schedule=BEAT_SCHEDULE,
         timezone="UTC",
         broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": int(app.config.get("CELERY_VISIBILITY_TIMEOUT") or 3600)},
     )
     app.extensions["celery"] = celery
     return celery

@@ -51,15 +51,18 @@ def _redis_up() -> bool:
 BROKER = "redis://127.0.0.1:6379/14"
 
 
-def _start_worker(app, **env_extra) -> subprocess.Popen:
-    """A Celery worker on Redis for the test database (its queue emptied first)."""
+def _start_worker(app, *, module: str = "portal.worker", fresh: bool = True,
+                  **env_extra) -> subprocess.Popen:
+    """A Celery worker on Redis for the test database (its queue emptied first unless
+    ``fresh`` is off: a worker taking over from one that died)."""
     import redis
 
-    redis.Redis.from_url(BROKER).flushdb()  # no message of an earlier run
+    if fresh:
+        redis.Redis.from_url(BROKER).flushdb()  # no message of an earlier run
     env = dict(os.environ, BILLFOLD_DATABASE_URL=app.config["DATABASE_URL"],
                BILLFOLD_CELERY_BROKER_URL=BROKER, BILLFOLD_JOBS_EAGER="false", **env_extra)
     return subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "portal.worker:celery", "worker", "--pool=solo",
+        [sys.executable, "-m", "celery", "-A", f"{module}:celery", "worker", "--pool=solo",
          "--without-heartbeat", "--without-mingle", "--without-gossip", "-Q", "celery",
          "--loglevel=WARNING"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -136,4 +139,96 @@ def test_a_real_worker_evaluates_alerts_and_mails_them_once(app, world):
             output = worker.communicate(timeout=30)[0].decode(errors="replace")
     assert fired == ["Usage warning"], output
     assert emails == ["sent"] and len(smtp.messages) == 1
+    assert "Traceback" not in output, output
+
+
+VISIBILITY_TIMEOUT = 2  # seconds before the task of a killed worker is handed out again
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@pytest.mark.parametrize("killed", ["after the invoice is issued",
+                                    "after Stripe charged the card"])
+def test_a_worker_killed_mid_close_is_replaced_and_nothing_is_issued_or_charged_twice(
+        app, world, stub, client, tmp_path, killed):
+    """A worker closing a card tenant's period is killed outright (SIGKILL) at a point
+    where part of the work is committed or done at Stripe. Its task goes back to the
+    queue, another worker runs it again, and the period has one invoice, one number
+    taken, one PDF and one card charge."""
+    from invoices.models import LedgerEntry
+    from tests.integration.test_auto_recharge import _card_on_file
+
+    tenant = _card_on_file(app, world, stub, client)
+    point = {"after the invoice is issued": "invoices.invoicing:render_invoice:before",
+             "after Stripe charged the card":
+                 "stripe._payment_intent_service:PaymentIntentService.create:after"}[killed]
+    mark = tmp_path / "stalled"
+    env = {"BILLFOLD_STRIPE_SECRET_KEY": app.config["STRIPE_SECRET_KEY"],
+           "BILLFOLD_STRIPE_API_BASE": stub.url,
+           "BILLFOLD_CELERY_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT)}
+    doomed = _start_worker(app, module="tests.stalling_worker", BILLFOLD_TEST_STALL=point,
+                           BILLFOLD_TEST_STALL_MARK=str(mark), **env)
+    from celery import Celery
+
+    celery_client = Celery("billfold", broker=BROKER, backend=BROKER)
+    result = celery_client.send_task("billfold.close_tenant", args=[tenant.slug])
+    deadline = time.monotonic() + 90
+    while not mark.exists() and doomed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert mark.exists(), doomed.communicate(timeout=30)[0].decode(errors="replace")
+    doomed.kill()  # SIGKILL: no clean-up, the task stays unacknowledged
+    doomed.communicate(timeout=30)
+
+    def state():
+        with app.app_context(), unscoped():
+            invoices = db.session.execute(select(
+                Invoice.number, Invoice.period_start, Invoice.pdf_sha256,
+                Invoice.stripe_payment_intent_id).where(
+                Invoice.tenant_id == tenant.id).order_by(Invoice.number)).all()
+            db.session.rollback()
+            return invoices
+
+    def intents(number):
+        return [pi for pi in stub.objects("payment_intent")
+                if pi["metadata"].get("invoice") == number]
+
+    (issued,) = state()  # the first period's invoice, then the worker died
+    at_stripe = killed == "after Stripe charged the card"
+    assert (issued.pdf_sha256 is None) is not at_stripe  # the PDF comes before the charge
+    assert len(intents(issued.number)) == (1 if at_stripe else 0)
+    assert issued.stripe_payment_intent_id is None  # no charge recorded
+
+    time.sleep(VISIBILITY_TIMEOUT + 0.5)
+    worker = _start_worker(app, fresh=False, **env)
+    try:
+        numbers = result.get(timeout=90)  # the same task, run again by the new worker
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            invoices = state()
+            if all(i.pdf_sha256 and i.stripe_payment_intent_id for i in invoices):
+                break
+            time.sleep(0.2)
+        time.sleep(1)  # the render and charge jobs queued at issue have run by now
+        invoices = state()
+    finally:
+        worker.terminate()
+        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    # The killed close's invoice stands; the run again issued only the periods after it.
+    assert invoices[0].number == issued.number, output
+    assert [i.number for i in invoices[1:]] == numbers
+    assert len({i.period_start for i in invoices}) == len(invoices)
+    first = int(issued.number.rsplit("-", 1)[1])  # no number taken twice or skipped
+    assert [int(i.number.rsplit("-", 1)[1]) for i in invoices] == list(
+        range(first, first + len(invoices)))
+    keys = set()
+    for invoice in invoices:
+        (intent,) = intents(invoice.number)  # one charge each
+        assert invoice.pdf_sha256 and invoice.stripe_payment_intent_id == intent["id"]
+        keys.add(f"billfold-invoice-{invoice.number}")
+    sent = {r.headers["Idempotency-Key"] for r in stub.requests_for("POST",
+                                                                     "/v1/payment_intents")}
+    assert sent == keys
+    with app.app_context(), unscoped():
+        refs = db.session.scalars(select(LedgerEntry.ref_id).where(
+            LedgerEntry.tenant_id == tenant.id, LedgerEntry.ref_id.is_not(None))).all()
+        assert len(refs) == len(set(refs))  # no ledger entry booked twice
     assert "Traceback" not in output, output
