@@ -1,14 +1,20 @@
-"""Celery tasks: the beat schedule, eager runs on the embedded default, and a real
-worker on Redis that closes a period once however often it is asked."""
+"""Celery tasks: the beat schedule, eager runs on the embedded default, and real
+workers on Redis: a close fanned out over a worker issues what the in-process run
+issues, a period is closed once however often it is asked, and a worker killed
+mid-task is replaced without a second invoice or charge."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select, update
@@ -60,7 +66,8 @@ def _start_worker(app, *, module: str = "portal.worker", fresh: bool = True,
     if fresh:
         redis.Redis.from_url(BROKER).flushdb()  # no message of an earlier run
     env = dict(os.environ, BILLFOLD_DATABASE_URL=app.config["DATABASE_URL"],
-               BILLFOLD_CELERY_BROKER_URL=BROKER, BILLFOLD_JOBS_EAGER="false", **env_extra)
+               BILLFOLD_CELERY_BROKER_URL=BROKER, BILLFOLD_JOBS_EAGER="false")
+    env.update(env_extra)
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", f"{module}:celery", "worker", "--pool=solo",
          "--without-heartbeat", "--without-mingle", "--without-gossip", "-Q", "celery",
@@ -92,6 +99,98 @@ def test_a_real_worker_closes_each_period_once(app, world):
     finally:
         worker.terminate()
         output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert "Traceback" not in output, output
+
+
+@contextlib.contextmanager
+def _database_copy(app, db_kind: str, tmp_path) -> Iterator[str]:
+    """A copy of the test database as it is now; yields its URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(app.config["DATABASE_URL"])
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()  # PostgreSQL copies a database nobody is connected to
+    if db_kind == "sqlite":
+        copy = url.set(database=str(tmp_path / "copy.db"))
+        with sqlite3.connect(url.database) as source, sqlite3.connect(copy.database) as target:
+            source.backup(target)
+    else:
+        from tests.conftest import _admin_execute
+
+        copy = url.set(database=f"{url.database}_copy")
+        _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
+        _admin_execute(url, f'CREATE DATABASE "{copy.database}" TEMPLATE "{url.database}"')
+    try:
+        yield copy.render_as_string(hide_password=False)
+    finally:
+        if db_kind == "postgresql":
+            _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
+
+
+def _without_time(snapshot: str) -> dict:
+    """An invoice snapshot less its moment of issue (the date stays)."""
+    content = json.loads(snapshot)
+    content.pop("issued_at")
+    return content
+
+
+def _issued_invoices(url: str) -> list[tuple]:
+    """Every invoice with its lines, read straight from the tables of ``url``."""
+    from sqlalchemy import create_engine
+
+    from invoices.models import InvoiceLine
+
+    invoice, line = Invoice.__table__, InvoiceLine.__table__
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(select(invoice).order_by(invoice.c.number)).mappings().all()
+            result = []
+            for row in rows:
+                lines = conn.execute(select(
+                    line.c.position, line.c.kind, line.c.description, line.c.metric,
+                    line.c.service, line.c.quantity, line.c.unit_price, line.c.amount_minor)
+                    .where(line.c.invoice_id == row["id"]).order_by(line.c.position)).all()
+                result.append((
+                    row["tenant_id"], row["number"], row["period_start"], row["period_end"],
+                    row["status"], row["subtotal_minor"], row["tax_minor"], row["total_minor"],
+                    row["paid_minor"], row["payment_terms"], row["due_date"],
+                    _without_time(row["snapshot"]),
+                    bool(row["pdf_sha256"]), [tuple(x) for x in lines]))
+            return result
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+def test_a_close_fanned_out_over_a_worker_issues_the_invoices_of_the_in_process_run(
+        app, world, db_kind, tmp_path):
+    """The same data closed twice: in this process (eager tasks, the embedded default)
+    and by the beat's close fanned out over a real worker, one task per tenant, on a
+    copy of the database taken before. Both issue the same invoices, to the line."""
+    from celery import Celery
+
+    with _database_copy(app, db_kind, tmp_path) as copy_url:
+        with app.app_context():
+            assert tasks.close_periods.delay().get() == 2
+        in_process = _issued_invoices(app.config["DATABASE_URL"])
+        assert len({i[0] for i in in_process}) == 2 and all(i[12] for i in in_process)
+
+        worker = _start_worker(app, BILLFOLD_DATABASE_URL=copy_url)
+        try:
+            client = Celery("billfold", broker=BROKER, backend=BROKER)
+            assert client.send_task("billfold.close_periods").get(timeout=90) == 2
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                fanned_out = _issued_invoices(copy_url)
+                if len(fanned_out) >= len(in_process) and all(i[12] for i in fanned_out):
+                    break
+                time.sleep(0.3)
+        finally:
+            worker.terminate()
+            output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert fanned_out == in_process, output
     assert "Traceback" not in output, output
 
 
