@@ -489,7 +489,12 @@ def _today(tenant: Tenant) -> dt.date:
     return today_in(tenant.timezone)
 
 
-@jobs.task(EVALUATE_JOB)
+# With the jobs on Celery, the evaluations asked for by the batches of a few seconds
+# are one evaluation, which reads them all.
+EVALUATE_COALESCE_SECONDS = 5
+
+
+@jobs.task(EVALUATE_JOB, coalesce=EVALUATE_COALESCE_SECONDS)
 def evaluate_job(tenant_id: int) -> int:
     with unscoped():
         tenant = db.session.get(Tenant, tenant_id)

@@ -9,10 +9,19 @@ command); with ``JOBS_EAGER`` off it goes to the Celery workers
 
 Each job must be idempotent: it reads the state it acts on and does nothing when
 that work is already done, so running it twice is harmless.
+
+A job registered with ``coalesce=n`` (an evaluation that reads everything written
+so far, such as the budget-alert check after each ingested batch) goes to the
+workers at most once per ``n`` seconds for the same arguments: the first commit
+sets a Redis key that expires after ``n`` seconds and sends the job to run once it
+has expired; a commit that finds the key set sends nothing, because it committed
+before that run starts and the run reads what it wrote. Without a Redis broker, or
+when Redis cannot be asked, every commit sends its job.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -24,15 +33,22 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 
 TASKS: dict[str, Callable[..., Any]] = {}
+COALESCE: dict[str, int] = {}  # job name: seconds over which its runs are merged
 _SESSION_KEY = "billfold_deferred_jobs"
 _queue: ContextVar[list[tuple[str, tuple]] | None] = ContextVar("billfold_job_queue",
                                                                  default=None)
 
 
-def task(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register a function as the job ``name``."""
+def task(name: str, *, coalesce: int = 0) -> Callable[[Callable[..., Any]],
+                                                       Callable[..., Any]]:
+    """Register a function as the job ``name``; with ``coalesce`` the runs asked for
+    within that many seconds are one run, at the end of them (see above)."""
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
         TASKS[name] = func
+        if coalesce:
+            COALESCE[name] = coalesce
+        else:
+            COALESCE.pop(name, None)
         return func
     return register
 
@@ -64,8 +80,14 @@ def _dispatch_committed(session: Session) -> None:
     if has_app_context() and not current_app.config.get("JOBS_EAGER", True):
         from portal.tasks import run_job
 
-        for name, args in jobs:
-            run_job.delay(name, *args)  # to the workers, through the broker
+        broker = current_app.config.get("CELERY_BROKER_URL")
+        for name, args in jobs:  # to the workers, through the broker
+            seconds = COALESCE.get(name)
+            if not seconds:
+                run_job.delay(name, *args)
+            elif _opens_window(broker, name, args, seconds):
+                # One second more than the key lives: the run starts after it expired.
+                run_job.apply_async((name, *args), countdown=seconds + 1)
         return
     # A job already waiting with the same arguments runs after this commit anyway and
     # sees what it wrote: once is enough (an evaluation per ingested batch, say).
@@ -73,6 +95,29 @@ def _dispatch_committed(session: Session) -> None:
     for job in jobs:
         if job not in queue:
             queue.append(job)
+
+
+_redis_clients: dict[str, Any] = {}
+
+
+def _opens_window(broker: str | None, name: str, args: tuple, seconds: int) -> bool:
+    """Whether this commit starts a coalescing window of job ``name`` with ``args``
+    (and must send the job): true unless a window is open in Redis already."""
+    if not broker or not broker.startswith(("redis://", "rediss://", "unix://")):
+        return True
+    try:
+        import redis
+
+        client = _redis_clients.get(broker)
+        if client is None:
+            client = _redis_clients[broker] = redis.Redis.from_url(
+                broker, socket_timeout=2, socket_connect_timeout=2)
+        key = "billfold:job-window:" + json.dumps([name, *args], default=str)
+        return bool(client.set(key, b"1", nx=True, ex=seconds))
+    except Exception:
+        log.warning("job %s%r: Redis did not answer, so it is sent without coalescing",
+                    name, args, exc_info=True)
+        return True
 
 
 @event.listens_for(Session, "after_rollback")

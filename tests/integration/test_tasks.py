@@ -331,3 +331,54 @@ def test_a_worker_killed_mid_close_is_replaced_and_nothing_is_issued_or_charged_
             LedgerEntry.tenant_id == tenant.id, LedgerEntry.ref_id.is_not(None))).all()
         assert len(refs) == len(set(refs))  # no ledger entry booked twice
     assert "Traceback" not in output, output
+
+
+@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+def test_the_alert_evaluations_of_a_burst_of_batches_go_to_the_workers_once(
+        app, world, monkeypatch):
+    """With the jobs on Celery, each ingested batch asks for its tenant's alert check;
+    the batches of one window send one check per tenant, to run when the window has
+    closed, and the next window sends one again. Without Redis every batch sends one."""
+    import redis
+
+    from plans.alerts import EVALUATE_JOB
+    from plans.metering import ingest_events
+    from portal import jobs
+    from tenants.models import Tenant
+
+    sent: list[tuple] = []
+    monkeypatch.setattr(tasks.run_job, "apply_async",
+                        lambda args, countdown=None: sent.append((args, countdown)))
+    monkeypatch.setattr(tasks.run_job, "delay", lambda *args: sent.append((args, None)))
+    monkeypatch.setitem(app.config, "JOBS_EAGER", False)
+    monkeypatch.setitem(app.config, "CELERY_BROKER_URL", BROKER)
+    monkeypatch.setitem(jobs.COALESCE, EVALUATE_JOB, 1)
+    redis.Redis.from_url(BROKER).flushdb()
+    now = dt.datetime.now(dt.UTC).isoformat()
+
+    def batch(tenant_id: int, name: str) -> None:
+        with app.app_context(), unscoped():
+            tenant = db.session.get(Tenant, tenant_id)
+            ingest_events(tenant, [{"id": name, "metric": "api_requests", "quantity": 1,
+                                    "timestamp": now}])
+
+    alpha, bravo = world.ids["a"], world.ids["b"]
+    for n in range(5):
+        batch(alpha, f"a{n}")
+        batch(bravo, f"b{n}")
+    assert sorted(sent) == [((EVALUATE_JOB, alpha), 2), ((EVALUATE_JOB, bravo), 2)]
+    time.sleep(1.2)  # the window has closed: the check sent runs now, and reads them all
+    batch(alpha, "a-later")
+    assert sent[2:] == [((EVALUATE_JOB, alpha), 2)]
+
+    monkeypatch.setitem(app.config, "CELERY_BROKER_URL", f"redis://127.0.0.1:{_free_port()}/0")
+    sent.clear()
+    batch(alpha, "a-no-redis-1")
+    batch(alpha, "a-no-redis-2")
+    assert sent == [((EVALUATE_JOB, alpha), 2)] * 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
