@@ -93,11 +93,16 @@ def parse_timestamp(value: Any) -> dt.datetime:
         moment = value
     elif type(value) is str:
         try:
-            moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as exc:
-            raise ValueError("not an RFC 3339 timestamp") from exc
+            moment = dt.datetime.fromisoformat(value)  # reads "Z" itself
+        except ValueError:
+            try:
+                moment = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ValueError("not an RFC 3339 timestamp") from exc
     else:
         raise ValueError("must be an RFC 3339 timestamp string")
+    if moment.tzinfo is dt.UTC:
+        return moment
     if moment.tzinfo is None:
         raise ValueError("needs a time zone offset, e.g. 2026-11-23T10:00:00Z")
     return moment.astimezone(dt.UTC)
