@@ -70,7 +70,7 @@ class AlertsView(BaseView):
 
     def _render(self, tenant, form=None, status=200):
         rules = alerts.list_rules(tenant)
-        last = {a.rule_id: a for a in reversed(alerts.list_alerts(tenant, limit=200))}
+        last = alerts.last_fired(tenant)
         return self.render_template(
             "plans/alerts.html", tenant=tenant, rules=rules, last=last,
             form=form or AlertRuleForm(formdata=None, prefix="rule"),

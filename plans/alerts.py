@@ -22,11 +22,12 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from plans.metrics import METRICS, PEAK
 from plans.models import ALERT_CHANNELS, ALERT_KINDS, Alert, AlertRule
+from plans.periods import Period
 from portal import audit, jobs
 from portal.audit import Actor
 from portal.errors import NotFoundError, ValidationFailed
@@ -62,29 +63,6 @@ FORECAST_MIN_DAYS = 3  # too few days give a burn rate that means nothing
 
 # --- rules -----------------------------------------------------------------------
 
-def ensure_default_rules(tenant: Tenant) -> int:
-    """Give ``tenant`` the three default rules it lacks; returns how many were added.
-    Safe to run concurrently (a unique index per tenant and key)."""
-    added = 0
-    with tenant_scope(tenant):
-        have = set(db.session.scalars(select(AlertRule.system_key).where(
-            AlertRule.system_key.is_not(None))))
-        for key, name, kind, threshold, channels in DEFAULT_RULES:
-            if key in have:
-                continue
-            try:
-                with db.session.begin_nested():
-                    db.session.add(AlertRule(tenant_id=tenant.id, system_key=key, name=name,
-                                             kind=kind, threshold=threshold,
-                                             channels=channels))
-                added += 1
-            except IntegrityError:
-                continue
-        if added:
-            db.session.commit()
-    return added
-
-
 def add_default_rules(tenant_id: int) -> None:
     """Add the default rules of a new tenant to the current transaction."""
     for key, name, kind, threshold, channels in DEFAULT_RULES:
@@ -93,7 +71,6 @@ def add_default_rules(tenant_id: int) -> None:
 
 
 def list_rules(tenant: Tenant) -> list[AlertRule]:
-    ensure_default_rules(tenant)
     with tenant_scope(tenant):
         rules = list(db.session.scalars(select(AlertRule)))
     return sorted(rules, key=_rule_order)
@@ -324,9 +301,10 @@ def _limited(summary, rule: AlertRule):
         yield code, usage
 
 
-def _checks(rule: AlertRule, summary, balance_minor: int | None, today: dt.date,
-            currency: str) -> list[_Check]:
-    period = summary.period
+def _checks(rule: AlertRule, summary, period: Period, balance_minor: int | None,
+            today: dt.date, currency: str) -> list[_Check]:
+    """What ``rule`` finds; ``summary`` (the usage of ``period``) may be None when the
+    rule is a balance rule, which does not read it."""
     span = f"{period.start.isoformat()} – {period.last_day.isoformat()}"
     checks = []
     if rule.kind in ("usage", "overage"):
@@ -426,18 +404,24 @@ def evaluate(tenant: Tenant, *, today: dt.date | None = None,
     period; clear the alerts whose condition no longer holds. Returns the new alerts,
     in the order they fired. Their email and SMS go out by job after the commit."""
     from invoices.ledger import balance_minor
+    from plans.services import current_period
     from plans.usage import usage_summary
     from portal.notifications import queue_alert_deliveries
 
     now = now or dt.datetime.now(dt.UTC)
-    summary = usage_summary(tenant, today=today)
     today = today or _today(tenant)
-    period = summary.period
     with tenant_scope(tenant):
         rules = sorted(db.session.scalars(select(AlertRule).where(AlertRule.enabled)),
                        key=_rule_order)
-        if not rules:
-            return []
+    if not rules:
+        return []
+    # Balance rules alone do not need the period's usage, only its dates.
+    if all(r.kind == "credit" for r in rules):
+        summary, period = None, current_period(tenant, today)
+    else:
+        summary = usage_summary(tenant, today=today)
+        period = summary.period
+    with tenant_scope(tenant):
         balance = balance_minor(tenant) if any(r.kind == "credit" for r in rules) else None
         armed = {(a.rule_id, a.subject): a for a in db.session.scalars(
             select(Alert).where(Alert.period_start == period.start,
@@ -446,7 +430,7 @@ def evaluate(tenant: Tenant, *, today: dt.date | None = None,
         users = None
         fired = []
         for rule in rules:
-            for check in _checks(rule, summary, balance, today, tenant.currency):
+            for check in _checks(rule, summary, period, balance, today, tenant.currency):
                 existing = armed.get((rule.id, check.subject))
                 if check.state == "clear" and existing is not None:
                     existing.cleared_at = now
@@ -516,6 +500,14 @@ def evaluate_all(tenant_slug: str | None = None) -> dict[str, int]:
 
 
 # --- history ---------------------------------------------------------------------
+
+def last_fired(tenant: Tenant) -> dict[int, Alert]:
+    """The latest alert of each of the tenant's rules, by rule id."""
+    with tenant_scope(tenant):
+        latest = select(func.max(Alert.id)).group_by(Alert.rule_id).scalar_subquery()
+        return {a.rule_id: a for a in db.session.scalars(
+            select(Alert).where(Alert.id.in_(latest))) if a.rule_id is not None}
+
 
 def list_alerts(tenant: Tenant | None, *, start: dt.datetime | None = None,
                 end: dt.datetime | None = None, before: int | None = None,

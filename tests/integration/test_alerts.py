@@ -360,6 +360,45 @@ def test_spend_metric_and_low_balance_rules(app, world, channels):
     assert len(low) == 2 and low[0].cleared_at is not None and low[1].value_text == "€5.00"
 
 
+def test_balance_rules_alone_are_checked_and_the_rules_page_shows_each_last_alert(
+        app, world, login, channels):
+    """With only a balance rule on, evaluation reads the balance and the period's dates,
+    and the rules page says when each rule last fired and what it said."""
+    from invoices import ledger
+
+    bravo = _tenant(app, world)
+    with app.app_context(), unscoped():
+        db.session.execute(update(AlertRule).where(AlertRule.tenant_id == bravo.id)
+                           .values(enabled=False))
+        db.session.commit()
+    _ingest(app, bravo, 600_000)  # over the limit, but the usage rules are off
+    assert _alerts(app, bravo) == []
+    with app.app_context():
+        alerts.create_rule(ACTOR, bravo, {"name": "Low credit", "kind": "credit",
+                                          "amount": "10", "channels": ["in_app"]})
+        jobs.drain()
+        period = plan_services.current_period(bravo)
+    (low,) = _alerts(app, bravo)
+    assert (low.rule_name, low.period_start, low.value_text) == (
+        "Low credit", period.start, "€0.00")
+    with app.app_context(), unscoped():
+        ledger.grant_credit(ACTOR, db.session.get(Tenant, bravo.id), "bonus", 2_000, "credit")
+    assert _evaluate(app, bravo) == 0 and _alerts(app, bravo)[0].cleared_at is not None
+    with app.app_context(), unscoped():
+        ledger.correct_balance(ACTOR, db.session.get(Tenant, bravo.id), -1_500, "correction")
+    assert _evaluate(app, bravo) == 1
+    latest = _alerts(app, bravo)[-1]
+
+    html = login("bravo-admin").get("/billing/alerts/").get_data(as_text=True)
+    last_fired = {}  # rule name: the "Last fired" cell
+    for row in html.split("<tr")[2:]:
+        cells = [page_text("<td" + c).strip() for c in row.split("<td")[1:]]
+        last_fired[cells[0].removesuffix(" default")] = cells[4]
+    assert "Low credit: prepaid balance under €10.00" in last_fired["Low credit"]
+    assert latest.fired_at.strftime("%Y") in last_fired["Low credit"]
+    assert last_fired["Usage warning"] == "never"
+
+
 def test_concurrent_evaluations_fire_each_alert_once(app, world):
     bravo = _tenant(app, world)
     _ingest(app, bravo, 600_000)
