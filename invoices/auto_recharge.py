@@ -275,15 +275,28 @@ def last_failure(tenant: Tenant) -> AutoRecharge | None:
 
 
 def sweep(max_age: dt.timedelta = dt.timedelta(minutes=1)) -> dict[str, int]:
-    """Charge what is still pending (a job that died) and send notifications that
-    failed; the periodic form of the jobs above."""
+    """Charge what is still pending (a job that died, or Stripe unreachable) and send
+    notifications that failed; the periodic form of the jobs above. A charge that
+    fails for a reason other than the card (Stripe down, a timeout) is logged and
+    counted as failed; the recharge stays pending for the next sweep, and the other
+    tenants' recharges go on."""
     cutoff = dt.datetime.now(dt.UTC) - max_age
     with unscoped():
         pending = list(db.session.scalars(select(AutoRecharge.id).where(
             AutoRecharge.status == "pending", AutoRecharge.created_at <= cutoff)))
         unnotified = list(db.session.scalars(select(AutoRecharge.id).where(
             AutoRecharge.status == "failed", AutoRecharge.notified_at.is_(None))))
-    charged = sum(1 for rid in pending if charge(rid) == "submitted")
+    charged = failed = 0
+    for rid in pending:
+        try:
+            charged += charge(rid) == "submitted"
+        except Exception:
+            db.session.rollback()
+            failed += 1
+            current_app.logger.exception("auto-recharge %s: the charge did not go through; "
+                                         "the next sweep tries again", rid)
     notified = sum(1 for rid in unnotified if notify_failure(rid))
-    current_app.logger.info("auto-recharge sweep: %s charged, %s notified", charged, notified)
-    return {"pending": len(pending), "charged": charged, "notified": notified}
+    current_app.logger.info("auto-recharge sweep: %s charged, %s failed, %s notified",
+                            charged, failed, notified)
+    return {"pending": len(pending), "charged": charged, "failed": failed,
+            "notified": notified}

@@ -159,6 +159,10 @@ def auto_recharge_command() -> None:
     jobs.drain()
     click.echo(f"{outcome['pending']} pending: {outcome['charged']} submitted to Stripe; "
                f"{outcome['notified']} failure notice(s) sent.")
+    if outcome["failed"]:
+        click.echo(f"{outcome['failed']} could not be charged (Stripe did not answer, see the "
+                   "log); they stay pending for the next run.", err=True)
+        raise SystemExit(1)
 
 
 @billfold.command("close-period")

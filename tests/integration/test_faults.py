@@ -15,7 +15,7 @@ import time
 
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from invoices import auto_recharge, invoicing, ledger, payments
@@ -324,6 +324,58 @@ def test_auto_recharge_success_before_the_api_answer_and_a_stale_failure_after_i
             assert (row.status, row.stripe_payment_intent_id) == ("succeeded", intent["id"])
     assert booked == [10_000]
     assert [tuple(p) for p in purchases] == [("succeeded", intent["id"])]
+
+
+def test_auto_recharge_with_stripe_answering_500_stays_pending_and_the_sweep_books_it_once(
+        app, world, stub, client, short_stripe_timeout):
+    """Stripe answers 500 to the charge job and to the next sweep: nothing is charged
+    or booked, the recharge stays pending, the sweep goes on to its other work, and
+    the sweep after Stripe is back charges once, which the webhook books once."""
+    tenant = _card_on_file(app, world, stub, client)
+    _enable(app, tenant, threshold=5_000, amount=10_000)
+    path = "/v1/payment_intents"
+    stub.fail_next(path, 500, times=ATTEMPTS * 2)  # the job, then a sweep
+    failures = _job_failures(auto_recharge.JOB)
+    with app.app_context():
+        ledger.post_entry(tenant, ACTOR, "bonus", 6_000, "start")
+        ledger.post_entry(tenant, ACTOR, "usage", -1_500, "a dip under the threshold")
+        jobs.drain()  # the charge job: three 500s
+    assert _job_failures(auto_recharge.JOB) == failures + 1
+    with app.app_context():
+        outcome = auto_recharge.sweep(max_age=dt.timedelta(0))  # three 500s again
+    assert outcome == {"pending": 1, "charged": 0, "failed": 1, "notified": 0}
+    stub.fail_next(path, 500, times=ATTEMPTS)
+    with app.app_context(), unscoped():  # old enough for the command's sweep
+        db.session.execute(update(AutoRecharge).values(
+            created_at=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)))
+        db.session.commit()
+    result = app.test_cli_runner().invoke(args=["billfold", "auto-recharge"])
+    assert result.exit_code == 1
+    assert "1 could not be charged (Stripe did not answer" in result.stderr
+    assert stub.objects("payment_intent") == []
+    with app.app_context(), unscoped():
+        (recharge,) = db.session.scalars(select(AutoRecharge)).all()
+        assert (recharge.status, recharge.stripe_payment_intent_id) == ("pending", None)
+        assert ledger.balance_minor(tenant) == 4_500
+        assert auto_recharge.last_failure(tenant) is None  # not the tenant's failure
+
+    with app.app_context():
+        outcome = auto_recharge.sweep(max_age=dt.timedelta(0))  # Stripe is back
+        assert outcome == {"pending": 1, "charged": 1, "failed": 0, "notified": 0}
+        assert auto_recharge.sweep(max_age=dt.timedelta(0))["pending"] == 0
+    (intent,) = stub.objects("payment_intent")
+    requests = stub.requests_for("POST", path)
+    assert len(requests) == ATTEMPTS * 3 + 1
+    assert len({r.headers["Idempotency-Key"] for r in requests}) == 1
+    (succeeded,) = stub.events_of_type("payment_intent.succeeded")
+    for _ in range(2):
+        _deliver(client, succeeded)
+    with app.app_context(), tenant_scope(tenant):
+        assert ledger.balance_minor(tenant) == 4_500 + 10_000
+        assert db.session.scalars(select(LedgerEntry.amount_minor).where(
+            LedgerEntry.type == "auto_recharge")).all() == [10_000]
+        assert db.session.get_one(AutoRecharge, recharge.id).stripe_payment_intent_id \
+            == intent["id"]
 
 
 # -- 4. WeasyPrint failing when an invoice is issued -----------------------------------
