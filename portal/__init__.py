@@ -59,7 +59,9 @@ def init_database(app: Flask) -> None:
     import portal.audit  # noqa: F401
     import portal.notifications  # noqa: F401
     import tenants.models  # noqa: F401
+    from portal.replica import init_replica
 
+    init_replica(app)  # before the engines are made
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)

@@ -22,6 +22,10 @@ class Config:
     SECRET_KEY = "billfold-development-secret"  # replaced by BILLFOLD_SECRET_KEY in production
     DATABASE_URL: str | None = None  # default: SQLite in the instance folder
     SQLALCHEMY_TRACK_MODIFICATIONS = False
+    # A read replica of the database for the report pages and API reads (portal/replica.py).
+    DATABASE_REPLICA_URL: str | None = None
+    REPLICA_READ_PATHS = ("/billing/costs/", "/billing/analytics/", "/platform/overview/",
+                          "/api/v1/usage", "/api/v1/costs/", "/api/v1/platform/revenue")
     SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
 
     # Flask-AppBuilder

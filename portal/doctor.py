@@ -85,12 +85,13 @@ def check_secret_key(config: Mapping[str, Any]) -> Check:
     return Check("secret key", True, f"set ({len(secret)} characters)")
 
 
-def _engine(config: Mapping[str, Any]):
-    """A throwaway engine on the configured database, with a connect timeout."""
+def _engine(config: Mapping[str, Any], url: str | None = None):
+    """A throwaway engine on the configured database (or ``url``), with a connect
+    timeout."""
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    url = _database_url(config)
+    url = url or _database_url(config)
     connect_args: dict[str, Any] = {}
     if url.startswith("postgresql"):
         connect_args["connect_timeout"] = int(TIMEOUT)
@@ -145,22 +146,31 @@ def check_database(config: Mapping[str, Any]) -> Check:
     return Check("database", True, f"{shown} answers ({elapsed:.0f} ms)")
 
 
-def check_migrations(config: Mapping[str, Any]) -> Check:
+def _scripts():
     from alembic.config import Config as AlembicConfig
-    from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     alembic = AlembicConfig()
     alembic.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    script = ScriptDirectory.from_config(alembic)
+    return ScriptDirectory.from_config(alembic)
+
+
+def _current_heads(config: Mapping[str, Any], url: str | None = None) -> set[str]:
+    from alembic.runtime.migration import MigrationContext
+
+    engine = _engine(config, url)
+    try:
+        with engine.connect() as connection:
+            return set(MigrationContext.configure(connection).get_current_heads())
+    finally:
+        engine.dispose()
+
+
+def check_migrations(config: Mapping[str, Any]) -> Check:
+    script = _scripts()
     heads = set(script.get_heads())
     try:
-        engine = _engine(config)
-        try:
-            with engine.connect() as connection:
-                current = set(MigrationContext.configure(connection).get_current_heads())
-        finally:
-            engine.dispose()
+        current = _current_heads(config)
     except Exception as exc:  # noqa: BLE001
         return Check("migrations", False, f"not checked: the database does not answer "
                      f"({_first_line(exc)})")
@@ -178,6 +188,29 @@ def check_migrations(config: Mapping[str, Any]) -> Check:
                      "deploy the same release on every machine")
     return Check("migrations", False, f"the database is at {', '.join(sorted(current))}, the "
                  f"code's head is {shown_heads}: run `{UPGRADE}`, then `{INIT}`")
+
+
+def check_replica(config: Mapping[str, Any]) -> Check:
+    from portal.replica import BIND_KEY
+
+    url = str((config.get("SQLALCHEMY_BINDS") or {}).get(BIND_KEY) or "")
+    if not url:
+        return Check("read replica", True, "none: the report pages read the primary (set "
+                     "BILLFOLD_DATABASE_REPLICA_URL to move them to a replica)")
+    shown = _shown_url(url)
+    try:
+        current = _current_heads(config, url)
+    except Exception as exc:  # noqa: BLE001
+        return Check("read replica", False, f"{shown} does not answer ({_first_line(exc)}): "
+                     "check BILLFOLD_DATABASE_REPLICA_URL, or unset it to read the reports "
+                     "from the primary")
+    heads = set(_scripts().get_heads())
+    if current != heads:
+        return Check("read replica", False, f"{shown} is at "
+                     f"{', '.join(sorted(current)) or 'no schema'}, the code's head is "
+                     f"{', '.join(sorted(heads))}: it must be a streaming replica of the "
+                     "migrated primary (BILLFOLD_DATABASE_REPLICA_URL)")
+    return Check("read replica", True, f"{shown} answers, at head; the report pages read it")
 
 
 def check_roles(config: Mapping[str, Any]) -> Check:
@@ -366,7 +399,7 @@ def check_weasyprint(config: Mapping[str, Any]) -> Check:
 
 
 CHECKS: tuple[Callable[[Mapping[str, Any]], Check], ...] = (
-    check_secret_key, check_database, check_migrations, check_roles,
+    check_secret_key, check_database, check_migrations, check_roles, check_replica,
     check_rate_limit_storage, check_broker, check_smtp, check_stripe, check_weasyprint,
 )
 

@@ -10,7 +10,10 @@ from flask_appbuilder.models.sqla.base import SQLA
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 
+from portal.replica import RoutingSession
+
 # Bound to FAB's declarative metadata so that create_all and Alembic see FAB's
-# own tables beside ours.
-db: SQLAlchemy = SQLA(metadata=Model.metadata)
+# own tables beside ours. Its session sends report reads to a read replica when one
+# is configured (portal/replica.py).
+db: SQLAlchemy = SQLA(metadata=Model.metadata, session_options={"class_": RoutingSession})
 migrate = Migrate()

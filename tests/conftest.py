@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
+import sqlite3
+from collections.abc import Iterator
 
 import pytest
 from flask_migrate import upgrade
@@ -51,6 +54,31 @@ def drop_worker_database(worker_url: str) -> None:
     url = make_url(worker_url)
     if WORKER and PG_URL and url.database != make_url(PG_URL).database:
         _admin_execute(url, f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+@contextlib.contextmanager
+def database_copy(app, db_kind: str, tmp_path) -> Iterator[str]:
+    """A copy of the test database as it is now; yields its URL."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(app.config["DATABASE_URL"])
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()  # PostgreSQL copies a database nobody is connected to
+    if db_kind == "sqlite":
+        copy = url.set(database=str(tmp_path / "copy.db"))
+        with sqlite3.connect(url.database) as source, sqlite3.connect(copy.database) as target:
+            source.backup(target)
+    else:
+        copy = url.set(database=f"{url.database}_copy")
+        _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
+        _admin_execute(url, f'CREATE DATABASE "{copy.database}" TEMPLATE "{url.database}"')
+    try:
+        yield copy.render_as_string(hide_password=False)
+    finally:
+        if db_kind == "postgresql":
+            _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
+
+
+
 PASSWORD = "correct-horse-battery"
 
 # Tables that hold the roles and permissions synced once per session.

@@ -295,8 +295,8 @@ def test_doctor_passes_a_good_production_configuration(app, monkeypatch):
         result = _doctor(app)
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith(("ok", "FAIL"))]
-    assert len(lines) == 9 and all(line.startswith("ok ") for line in lines), result.output
-    assert "All 9 checks passed." in result.output
+    assert len(lines) == 10 and all(line.startswith("ok ") for line in lines), result.output
+    assert "All 10 checks passed." in result.output
 
 
 def test_doctor_says_what_is_wrong_and_exits_1(app, monkeypatch):
@@ -318,8 +318,31 @@ def test_doctor_says_what_is_wrong_and_exits_1(app, monkeypatch):
     assert "does not answer" in out and "BILLFOLD_RATELIMIT_STORAGE_URI" in out
     assert "set BILLFOLD_CELERY_BROKER_URL=redis://" in out
     assert "BILLFOLD_STRIPE_SECRET_KEY is not set" in out and "whsec_" in out
-    assert "5 of 9 checks failed." in out
-    assert out.count("\nok ") + out.startswith("ok ") == 4  # database, migrations, roles, pdf
+    assert "5 of 10 checks failed." in out
+    # database, migrations, roles, read replica (none), pdf
+    assert out.count("\nok ") + out.startswith("ok ") == 5
+
+
+def test_doctor_checks_the_read_replica(app, tmp_path, monkeypatch):
+    from sqlalchemy import create_engine
+
+    from portal.doctor import check_replica
+
+    assert check_replica(app.config).ok  # none configured: the primary serves reports
+    monkeypatch.setitem(app.config, "SQLALCHEMY_BINDS",
+                        {"replica": f"postgresql://postgres@127.0.0.1:{_closed_port()}/x"})
+    down = check_replica(app.config)
+    assert not down.ok and "does not answer" in down.message
+    assert "BILLFOLD_DATABASE_REPLICA_URL" in down.message
+    empty = tmp_path / "empty.db"
+    create_engine(f"sqlite:///{empty}").connect().close()
+    monkeypatch.setitem(app.config, "SQLALCHEMY_BINDS", {"replica": f"sqlite:///{empty}"})
+    behind = check_replica(app.config)
+    assert not behind.ok and "is at no schema" in behind.message
+    monkeypatch.setitem(app.config, "SQLALCHEMY_BINDS",
+                        {"replica": app.config["SQLALCHEMY_DATABASE_URI"]})
+    same = check_replica(app.config)
+    assert same.ok and "at head" in same.message
 
 
 def test_doctor_reports_an_unmigrated_database(app, tmp_path, monkeypatch):

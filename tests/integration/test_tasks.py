@@ -5,16 +5,13 @@ mid-task is replaced without a second invoice or charge."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select, update
@@ -23,6 +20,7 @@ from invoices.models import Invoice
 from portal import tasks
 from portal.extensions import db
 from tenants.scoping import unscoped
+from tests.conftest import database_copy
 
 
 def test_the_beat_schedule_runs_every_periodic_job(app):
@@ -102,32 +100,6 @@ def test_a_real_worker_closes_each_period_once(app, world):
     assert "Traceback" not in output, output
 
 
-@contextlib.contextmanager
-def _database_copy(app, db_kind: str, tmp_path) -> Iterator[str]:
-    """A copy of the test database as it is now; yields its URL."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(app.config["DATABASE_URL"])
-    with app.app_context():
-        db.session.remove()
-        db.engine.dispose()  # PostgreSQL copies a database nobody is connected to
-    if db_kind == "sqlite":
-        copy = url.set(database=str(tmp_path / "copy.db"))
-        with sqlite3.connect(url.database) as source, sqlite3.connect(copy.database) as target:
-            source.backup(target)
-    else:
-        from tests.conftest import _admin_execute
-
-        copy = url.set(database=f"{url.database}_copy")
-        _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
-        _admin_execute(url, f'CREATE DATABASE "{copy.database}" TEMPLATE "{url.database}"')
-    try:
-        yield copy.render_as_string(hide_password=False)
-    finally:
-        if db_kind == "postgresql":
-            _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
-
-
 def _without_time(snapshot: str) -> dict:
     """An invoice snapshot less its moment of issue (the date stays)."""
     content = json.loads(snapshot)
@@ -171,7 +143,7 @@ def test_a_close_fanned_out_over_a_worker_issues_the_invoices_of_the_in_process_
     copy of the database taken before. Both issue the same invoices, to the line."""
     from celery import Celery
 
-    with _database_copy(app, db_kind, tmp_path) as copy_url:
+    with database_copy(app, db_kind, tmp_path) as copy_url:
         with app.app_context():
             assert tasks.close_periods.delay().get() == 2
         in_process = _issued_invoices(app.config["DATABASE_URL"])
