@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from api.queries import Bucket, anchor_day, bucket_bounds, usage_buckets
 from invoices.models import LedgerEntry
-from invoices.rating import allocate
+from invoices.rating import allocate, by_metric, metric_label
 from plans.metrics import METRICS, PEAK
 from plans.models import UsageRollup
 from plans.periods import period_containing
@@ -229,13 +229,17 @@ class Rollups:
 
 
 def read_rollups(tenant: Tenant, start: dt.date, end: dt.date) -> Rollups:
-    """The rollups of the days [start, end)."""
+    """The rollups of the days [start, end), summed by the database per day, metric and
+    service."""
+    def of_metric(metric: str) -> Select:
+        return (select(UsageRollup.day, metric_label(metric), UsageRollup.service,
+                       func.sum(UsageRollup.quantity_micro), func.sum(UsageRollup.event_count))
+                .where(UsageRollup.metric == metric, UsageRollup.day >= start,
+                       UsageRollup.day < end)
+                .group_by(UsageRollup.day, UsageRollup.service))
+
     with tenant_scope(tenant):
-        result = db.session.execute(
-            select(UsageRollup.day, UsageRollup.metric, UsageRollup.service,
-                   func.sum(UsageRollup.quantity_micro), func.sum(UsageRollup.event_count))
-            .where(UsageRollup.day >= start, UsageRollup.day < end)
-            .group_by(UsageRollup.day, UsageRollup.metric, UsageRollup.service)).all()
+        result = db.session.execute(by_metric(of_metric)).all()
     # int(): PostgreSQL sums bigints as numeric.
     return Rollups([(day, metric, service, "", int(micro))
                     for day, metric, service, micro, _ in result],

@@ -21,12 +21,23 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import and_, func, literal_column, or_, select
+from sqlalchemy import (
+    CompoundSelect,
+    Label,
+    Select,
+    String,
+    func,
+    literal,
+    literal_column,
+    select,
+    union_all,
+)
 
-from plans.metrics import METRICS, PEAK
+from plans.metrics import METRIC_CODES, METRICS, PEAK
 from plans.models import PlanVersion, UsageRollup, from_micro
 from plans.periods import Period
 from plans.services import BaseFeeSegment, base_fee_segments
@@ -36,6 +47,7 @@ from tenants.models import Tenant
 from tenants.scoping import tenant_scope
 
 PLATFORM_SERVICE = "platform"
+UNATTRIBUTED = "(unattributed)"
 MICRO = Decimal("0.000001")
 PEAK_METRICS = tuple(code for code, metric in METRICS.items() if metric.aggregation == PEAK)
 
@@ -44,17 +56,25 @@ def allocate(total: int, weights: dict) -> dict:
     """Split the integer ``total`` over ``weights`` in proportion, exactly: each share
     is rounded down and the remainder goes one unit at a time to the largest
     fractions (ties by key order). Zero weights get nothing."""
+    if len(weights) == 1:
+        ((key, weight),) = weights.items()
+        return {key: total if weight > 0 else 0}
     positive = {k: w for k, w in weights.items() if w > 0}
     whole = sum(positive.values())
     if total == 0 or whole == 0:
-        return {k: 0 for k in weights}
+        return dict.fromkeys(weights, 0)
     shares, remainders = {}, []
     for key, weight in positive.items():
         share, rest = divmod(total * weight, whole)
         shares[key] = share
-        remainders.append((-rest, str(key), key))
-    for _, _, key in sorted(remainders)[: total - sum(shares.values())]:
-        shares[key] += 1
+        if rest:  # a share without a fraction never gets a unit of the remainder
+            remainders.append((-rest, str(key), key))
+    left = total - sum(shares.values())
+    if left:
+        for _, _, key in sorted(remainders)[:left]:
+            shares[key] += 1
+    if len(shares) == len(weights):
+        return shares
     return {k: shares.get(k, 0) for k in weights}
 
 
@@ -118,22 +138,42 @@ class Rating:
         return dict(totals)
 
 
+def by_metric(select_for: Callable[[str], Select], metrics: tuple[str, ...] = METRIC_CODES
+              ) -> Select | CompoundSelect:
+    """``select_for(metric)`` for each of ``metrics``, as one statement (UNION ALL).
+    Each part reads one metric's rows of a span of days from the covering index on
+    (tenant, metric, day, service, user, quantities) alone, in that order: grouped by
+    day, the database sums them as it reads them; grouped otherwise, it sorts or
+    hashes one metric's rows at a time."""
+    parts = [select_for(metric) for metric in metrics]
+    return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+def metric_label(metric: str) -> Label[str]:
+    """The metric of a ``by_metric`` part, as a value rather than the column: the part
+    then groups by its other columns only, which the databases compare faster."""
+    return literal(metric, String).label("metric")
+
+
 def rollup_rows(tenant: Tenant, start: dt.date, end: dt.date, users: bool = True
                 ) -> list[tuple[dt.date, str, str, str, int]]:
     """(day, metric, service, user, micro) of the days [start, end). Without ``users``
     the day's users are summed into one row per service, with user ``""``: rated, such
     rows give the same lines, only without their share per user."""
-    group = [UsageRollup.day, UsageRollup.metric, UsageRollup.service]
-    if users:
-        group.append(UsageRollup.user_ref)
     user = UsageRollup.user_ref if users else literal_column("''")
+
+    def of_metric(metric: str) -> Select:
+        group = [UsageRollup.day, UsageRollup.service]
+        if users:
+            group.append(UsageRollup.user_ref)
+        return (select(UsageRollup.day, metric_label(metric), UsageRollup.service, user,
+                       func.sum(UsageRollup.quantity_micro))
+                .where(UsageRollup.metric == metric, UsageRollup.day >= start,
+                       UsageRollup.day < end)
+                .group_by(*group))
+
     with tenant_scope(tenant):
-        rows = db.session.execute(
-            select(UsageRollup.day, UsageRollup.metric, UsageRollup.service, user,
-                   func.sum(UsageRollup.quantity_micro))
-            .where(UsageRollup.day >= start, UsageRollup.day < end)
-            .group_by(*group)
-        ).all()
+        rows = db.session.execute(by_metric(of_metric)).all()
     # int(): PostgreSQL sums bigints as numeric.
     return [(day, metric, service, ref, int(micro)) for day, metric, service, ref, micro in rows]
 
@@ -171,42 +211,41 @@ class _Usage:
 
     @classmethod
     def read(cls, tenant: Tenant, start: dt.date, end: dt.date) -> _Usage:
-        """The usage of the days [start, end), summed by the database: summed metrics
-        per (service, user) over the days, peak metrics per day, and per (service,
-        user) on their peak day only."""
-        usage = cls()
+        """The usage of the days [start, end), summed by the database in one statement:
+        per summed metric the total per (service, user) over the days; per peak metric
+        the values per (service, user) of its peak day, the day with the highest total
+        (the earliest of equal days)."""
         within = (UsageRollup.day >= start, UsageRollup.day < end)
+
+        def of_metric(metric: str) -> Select:
+            if metric in PEAK_METRICS:
+                peak_day = (select(UsageRollup.day)
+                            .where(UsageRollup.metric == metric, *within)
+                            .group_by(UsageRollup.day)
+                            .order_by(func.sum(UsageRollup.quantity_micro).desc(),
+                                      UsageRollup.day)
+                            .limit(1).scalar_subquery())
+                return (select(metric_label(metric), UsageRollup.service,
+                               UsageRollup.user_ref, UsageRollup.quantity_micro)
+                        .where(UsageRollup.metric == metric, UsageRollup.day == peak_day))
+            # Users first: they tell the groups apart sooner.
+            return (select(metric_label(metric), UsageRollup.service, UsageRollup.user_ref,
+                           func.sum(UsageRollup.quantity_micro))
+                    .where(UsageRollup.metric == metric, *within)
+                    .group_by(UsageRollup.user_ref, UsageRollup.service))
+
         with tenant_scope(tenant):
-            sums = db.session.execute(
-                select(UsageRollup.metric, UsageRollup.service, UsageRollup.user_ref,
-                       func.sum(UsageRollup.quantity_micro))
-                .where(*within, UsageRollup.metric.not_in(PEAK_METRICS))
-                .group_by(UsageRollup.metric, UsageRollup.service, UsageRollup.user_ref)
-            ).all()
-            daily = db.session.execute(
-                select(UsageRollup.metric, UsageRollup.day, func.sum(UsageRollup.quantity_micro))
-                .where(*within, UsageRollup.metric.in_(PEAK_METRICS))
-                .group_by(UsageRollup.metric, UsageRollup.day).order_by(UsageRollup.day)
-            ).all()
-            peak_days: dict[str, tuple[dt.date, int]] = {}
-            for metric, day, micro in daily:
-                if metric not in peak_days or int(micro) > peak_days[metric][1]:
-                    peak_days[metric] = (day, int(micro))
-            cells = db.session.execute(
-                select(UsageRollup.metric, UsageRollup.service, UsageRollup.user_ref,
-                       UsageRollup.quantity_micro)
-                .where(or_(*(and_(UsageRollup.metric == metric, UsageRollup.day == day)
-                             for metric, (day, _) in peak_days.items())))
-            ).all() if peak_days else []
+            rows = db.session.execute(by_metric(of_metric)).all()
+        usage = cls()
+        peak_cells: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         # int(): PostgreSQL sums bigints as numeric.
-        for metric, service, user, micro in sums:
+        for metric, service, user, micro in rows:
             usage.seen.add(metric)
-            usage.sums[metric][(service, user)] = int(micro)
-        peak_cells: dict[str, dict[tuple[str, str], int]] = {m: {} for m in peak_days}
-        for metric, service, user, micro in cells:
-            peak_cells[metric][(service, user)] = int(micro)
+            if metric in PEAK_METRICS:
+                peak_cells[metric][(service, user)] = int(micro)
+            else:
+                usage.sums[metric][(service, user)] = int(micro)
         for metric, values in peak_cells.items():
-            usage.seen.add(metric)
             usage.peaks[metric] = (sum(values.values()), values)
         return usage
 
@@ -300,6 +339,7 @@ def _usage_lines(period: Period, version: PlanVersion, start: dt.date, end: dt.d
     """The overage lines of a segment's days [start, end) and its usage per metric."""
     lines: list[RatedLine] = []
     usage_lines: list[MetricUsageLine] = []
+    span = _span(start, end)
     for code, metric in METRICS.items():
         price = version.price_for(code)
         included = price.included if price else None
@@ -322,25 +362,27 @@ def _usage_lines(period: Period, version: PlanVersion, start: dt.date, end: dt.d
                                                unit_price))
         if billable <= 0 or unit_price == 0:
             continue
+        # In order of service, then user.
         by_service_micro: dict[str, int] = defaultdict(int)
         by_service_user: dict[str, dict[str, int]] = defaultdict(dict)
         for (service, user), micro in sorted(weights.items()):
             by_service_micro[service] += micro
             by_service_user[service][user] = micro
-        shares = allocate(int(billable / MICRO), dict(sorted(by_service_micro.items())))
+        shares = allocate(int(billable / MICRO), by_service_micro)
+        description = f"{metric.label} over the included amount, {span}"
         for service, share_micro in shares.items():
-            quantity = Decimal(share_micro) * MICRO
-            amount = round_minor(quantity * unit_price, currency)
             if share_micro == 0:
                 continue
+            quantity = Decimal(share_micro) * MICRO
+            amount = round_minor(quantity * unit_price, currency)
             users = by_service_user[service]
-            lines.append(RatedLine(
-                "overage",
-                f"{metric.label} over the included amount, {_span(start, end)}",
-                code, service, quantity, unit_price, amount, start, end,
-                by_user={u or "(unattributed)": a for u, a in allocate(amount, users).items()
-                         if a},
-            ))
+            if len(users) == 1:
+                # The service's only user used all of its share (rows without users).
+                by_user = {(next(iter(users)) or UNATTRIBUTED): amount} if amount else {}
+            else:
+                by_user = {u or UNATTRIBUTED: a for u, a in allocate(amount, users).items() if a}
+            lines.append(RatedLine("overage", description, code, service, quantity, unit_price,
+                                   amount, start, end, by_user=by_user))
     return lines, usage_lines
 
 

@@ -7,17 +7,19 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+from collections import defaultdict
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from api.queries import usage_buckets
 from invoices import analytics, invoicing, ledger
 from invoices.models import CreditPurchase
-from invoices.rating import rate_period, rate_prefixes, rollup_rows
+from invoices.rating import _Usage, rate_period, rate_prefixes, rollup_rows
 from plans import services as plan_services
 from plans.metering import ingest_events
+from plans.models import UsageRollup
 from plans.periods import period_containing, today_in
 from portal.audit import Actor
 from portal.extensions import db
@@ -153,6 +155,55 @@ def test_rating_every_day_from_one_read_equals_rating_each_prefix_apart(app, wor
     assert first_storage.amount_minor == 400
     assert first_storage.by_user == {"alice": 233, "bob": 167}
     assert len(set(whole.by_user())) == 3
+
+
+def test_the_databases_sums_per_metric_equal_the_rollups_summed_one_by_one(app, world, ctx,
+                                                                          alpha_busy):
+    """What the database sums per metric (``rollup_rows``, ``read_rollups``, the usage
+    a segment is rated on) equals the tenant's rollup rows added up here, one by one:
+    per day, service and user; per day and service; per service and user over the
+    days; and for storage, the values of its peak day, the first of two equal ones."""
+    tenant, period = _tenant(world), alpha_busy
+    start, end = period.start, period.start + dt.timedelta(days=10)
+    with tenant_scope(tenant):
+        raw = db.session.execute(
+            select(UsageRollup.day, UsageRollup.metric, UsageRollup.service,
+                   UsageRollup.user_ref, UsageRollup.quantity_micro, UsageRollup.event_count)
+            .where(UsageRollup.day >= start, UsageRollup.day < end)).all()
+    by_user: dict[tuple, int] = defaultdict(int)
+    by_service: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    sums: dict[str, dict[tuple, int]] = defaultdict(lambda: defaultdict(int))
+    storage: dict[dt.date, dict[tuple, int]] = defaultdict(dict)
+    for day, metric, service, user, micro, count in raw:
+        by_user[(day, metric, service, user)] += micro
+        by_service[(day, metric, service)][0] += micro
+        by_service[(day, metric, service)][1] += count
+        if metric == "storage_gb":
+            storage[day][(service, user)] = micro
+        else:
+            sums[metric][(service, user)] += micro
+    assert len({m for _, m, *_ in raw}) == 5 and len({u for *_, u, _, _ in raw}) == 3
+
+    assert sorted(rollup_rows(tenant, start, end)) == sorted(
+        (day, metric, service, user, micro)
+        for (day, metric, service, user), micro in by_user.items())
+    assert sorted(rollup_rows(tenant, start, end, users=False)) == sorted(
+        (day, metric, service, "", micro)
+        for (day, metric, service), (micro, _) in by_service.items())
+    read = analytics.read_rollups(tenant, start, end)
+    assert sorted(read.rows) == sorted(
+        (day, metric, service, "", micro)
+        for (day, metric, service), (micro, _) in by_service.items())
+    assert read.calls == {key: count for key, (_, count) in by_service.items()}
+
+    usage = _Usage.read(tenant, start, end)
+    assert usage.seen == {m for _, m, *_ in raw}
+    assert usage.sums == sums
+    peak = max(sum(cells.values()) for cells in storage.values())
+    first = min(day for day, cells in storage.items() if sum(cells.values()) == peak)
+    assert [day for day, cells in storage.items() if sum(cells.values()) == peak] \
+        == [period.start + dt.timedelta(days=1), period.start + dt.timedelta(days=4)]
+    assert usage.peaks == {"storage_gb": (peak, storage[first])}
 
 
 def test_analytics_reads_the_rollups_once_and_equals_separate_reads(app, world, ctx,
