@@ -70,6 +70,10 @@ def database_copy(app, db_kind: str, tmp_path) -> Iterator[str]:
     else:
         copy = url.set(database=f"{url.database}_copy")
         _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
+        # Apps built by other tests on this database may keep pooled connections; they
+        # reconnect on their next use (pool_pre_ping).
+        _admin_execute(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"WHERE datname = '{url.database}' AND pid <> pg_backend_pid()")
         _admin_execute(url, f'CREATE DATABASE "{copy.database}" TEMPLATE "{url.database}"')
     try:
         yield copy.render_as_string(hide_password=False)
