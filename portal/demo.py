@@ -98,11 +98,12 @@ def _demo_plans(tenant: Tenant, spec: dict, start: dt.date, lines: list[str]) ->
 
 
 def _demo_events(tenant: Tenant, spec: dict, start: dt.date, end: dt.date):
-    """Deterministic events: weekday/weekend rhythm, steady growth, several users."""
+    """Deterministic events: weekday/weekend rhythm, steady growth, several users, up
+    to the last full hour (so a second run within the hour finds them all there)."""
     rng = random.Random(f"billfold-demo-{tenant.slug}")
     zone = ZoneInfo(tenant.timezone)
     total_days = (end - start).days
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
     day = start
     while day < end:
         growth = 0.55 + 0.45 * (day - start).days / max(1, total_days)
@@ -131,8 +132,10 @@ def _demo_events(tenant: Tenant, spec: dict, start: dt.date, end: dt.date):
                     yield event
         storage = spec["storage_gb"] * growth * rng.uniform(0.97, 1.03)
         moment = min(dt.datetime.combine(day, dt.time(23, 0), zone), now)
-        yield {"id": f"demo-{day:%Y%m%d}-storage", "metric": "storage_gb",
-               "quantity": Decimal(str(round(storage, 2))), "timestamp": moment.astimezone(dt.UTC)}
+        if moment >= dt.datetime.combine(day, dt.time(0), zone):  # the day has begun
+            yield {"id": f"demo-{day:%Y%m%d}-storage", "metric": "storage_gb",
+                   "quantity": Decimal(str(round(storage, 2))),
+                   "timestamp": moment.astimezone(dt.UTC)}
         day += dt.timedelta(days=1)
 
 
