@@ -35,10 +35,8 @@ class HomeView(IndexView):
         ).all()
         tenant = g.user.tenant
         if tenant is None:
-            counts = dict(
-                db.session.execute(select(Tenant.status, func.count()).group_by(Tenant.status))
-                .tuples().all()
-            )
+            counts = {status: count for status, count in db.session.execute(
+                select(Tenant.status, func.count()).group_by(Tenant.status))}
             context = {
                 "tenant": None,
                 "active_tenants": counts.get("active", 0),
