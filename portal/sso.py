@@ -483,8 +483,41 @@ def _admit(user: BillfoldUser, identity: Identity) -> BillfoldUser:
                              f"'{identity.tenant_slug}'. An account never moves between "
                              "tenants; ask your administrator.")
     if identity.role is not None and user.role_names != [identity.role]:
-        _set_role(user, identity.role)
+        if tenant is not None and _last_admin(user) and identity.role != TENANT_ADMIN:
+            _keep_last_admin(user, tenant, identity.role)
+        else:
+            _set_role(user, identity.role)
     return user
+
+
+def _last_admin(user: BillfoldUser) -> bool:
+    from permissions.security import own_scope
+    from tenants.services import active_admin_count
+
+    if TENANT_ADMIN not in user.role_names or user.tenant_id is None:
+        return False
+    with own_scope(user):
+        return active_admin_count(user.tenant_id) <= 1
+
+
+def _keep_last_admin(user: BillfoldUser, tenant: Tenant, role_name: str) -> None:
+    """The groups would take the Tenant Admin role from the tenant's last active one: a
+    tenant keeps at least one, as in user management. The role stays, the person is
+    told why, and the audit log records what the provider asked for."""
+    from flask import flash, has_request_context
+
+    from permissions.security import own_scope
+
+    with own_scope(user):
+        audit.record("user.sso_role_sync_kept", user, ACTOR, tenant_id=user.tenant_id,
+                     before={"roles": user.role_names},
+                     after={"roles": user.role_names, "provider_role": role_name,
+                            "reason": "last active Tenant Admin"})
+        db.session.commit()
+    if has_request_context():
+        flash(f"Your groups at the sign-in provider give you the {role_name} role, but you "
+              f"are the last active Tenant Admin of {tenant.name}, so you stay Tenant "
+              "Admin until another user of the tenant is one.", "warning")
 
 
 def _set_role(user: BillfoldUser, role_name: str) -> None:

@@ -342,7 +342,7 @@ def update_tenant_user(actor: Actor, user: BillfoldUser, data: dict[str, Any]) -
     losing_admin = "Tenant Admin" in user.role_names and (
         clean["role"] != "Tenant Admin" or not active
     )
-    if losing_admin and _active_admin_count(user.tenant_id) <= 1:
+    if losing_admin and active_admin_count(user.tenant_id) <= 1:
         raise ValidationFailed({"role": "a tenant keeps at least one active Tenant Admin"})
     user.first_name = clean["first_name"]
     user.last_name = clean["last_name"]
@@ -354,7 +354,8 @@ def update_tenant_user(actor: Actor, user: BillfoldUser, data: dict[str, Any]) -
     return user
 
 
-def _active_admin_count(tenant_id: int) -> int:
+def active_admin_count(tenant_id: int) -> int:
+    """How many active Tenant Admins the tenant has."""
     return db.session.scalar(
         select(func.count(BillfoldUser.id))
         .join(BillfoldUser.roles)

@@ -299,6 +299,33 @@ def test_an_existing_user_is_matched_by_verified_email_and_follows_the_groups(
         assert '"Billing Contact"' in event.before and '"Tenant Admin"' in event.after
 
 
+def test_groups_never_take_the_role_of_a_tenants_last_admin(sso_app, provider, world):
+    """Alpha's only Tenant Admin signs in with only the Billing Contact group: the role
+    stays (a tenant keeps one, as in user management), the page says why, and the
+    audit log records what the provider asked for. Once the tenant has a second
+    Tenant Admin, the same sign-in takes the role."""
+    admin = user_by_email(sso_app, "alpha-admin@example.com")
+    assert admin.role_names == ["Tenant Admin"]
+    browser, response = sign_in(sso_app, provider, person(
+        "alpha-admin@example.com", "billfold-finance", tenant="alpha"))
+    assert response.status_code == 302 and signed_in_user_id(browser) == admin.id
+    assert user_by_email(sso_app, "alpha-admin@example.com").role_names == ["Tenant Admin"]
+    page = html.unescape(page_text(browser.get(response.headers["Location"],
+                                               follow_redirects=True)))
+    assert "you are the last active Tenant Admin of Alpha" in page
+    with sso_app.app_context(), unscoped():
+        kept = db.session.scalar(select(AuditEvent).where(
+            AuditEvent.action == "user.sso_role_sync_kept",
+            AuditEvent.object_id == str(admin.id)))
+        assert '"provider_role": "Billing Contact"' in kept.after
+
+    sign_in(sso_app, provider, person("alpha-billing@example.com", "billfold-admins",
+                                      tenant="alpha"))  # a second Tenant Admin
+    sign_in(sso_app, provider, person("alpha-admin@example.com", "billfold-finance",
+                                      tenant="alpha"))
+    assert user_by_email(sso_app, "alpha-admin@example.com").role_names == ["Billing Contact"]
+
+
 def test_an_existing_user_without_tenant_claim_keeps_its_tenant(sso_app, provider, world):
     browser, response = sign_in(sso_app, provider,
                                 person("bravo-admin@example.com", "billfold-admins"))
