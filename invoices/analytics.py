@@ -19,7 +19,8 @@ from sqlalchemy import Select, func, select
 
 from api.queries import Bucket, anchor_day, bucket_bounds, usage_buckets
 from invoices.models import LedgerEntry
-from invoices.rating import allocate, by_metric, metric_label
+from invoices.rating import allocate
+from plans.metering import by_metric, metric_label
 from plans.metrics import METRICS, PEAK
 from plans.models import UsageRollup
 from plans.periods import period_containing

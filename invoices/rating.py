@@ -21,23 +21,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import (
-    CompoundSelect,
-    Label,
-    Select,
-    String,
-    func,
-    literal,
-    literal_column,
-    select,
-    union_all,
-)
+from sqlalchemy import Select, func, literal_column, select
 
-from plans.metrics import METRIC_CODES, METRICS, PEAK
+from plans.metering import by_metric, metric_label
+from plans.metrics import METRICS, PEAK
 from plans.models import PlanVersion, UsageRollup, from_micro
 from plans.periods import Period
 from plans.services import BaseFeeSegment, base_fee_segments
@@ -136,23 +126,6 @@ class Rating:
             for user, amount in line.by_user.items():
                 totals[user] += amount
         return dict(totals)
-
-
-def by_metric(select_for: Callable[[str], Select], metrics: tuple[str, ...] = METRIC_CODES
-              ) -> Select | CompoundSelect:
-    """``select_for(metric)`` for each of ``metrics``, as one statement (UNION ALL).
-    Each part reads one metric's rows of a span of days from the covering index on
-    (tenant, metric, day, service, user, quantities) alone, in that order: grouped by
-    day, the database sums them as it reads them; grouped otherwise, it sorts or
-    hashes one metric's rows at a time."""
-    parts = [select_for(metric) for metric in metrics]
-    return parts[0] if len(parts) == 1 else union_all(*parts)
-
-
-def metric_label(metric: str) -> Label[str]:
-    """The metric of a ``by_metric`` part, as a value rather than the column: the part
-    then groups by its other columns only, which the databases compare faster."""
-    return literal(metric, String).label("metric")
 
 
 def rollup_rows(tenant: Tenant, start: dt.date, end: dt.date, users: bool = True
