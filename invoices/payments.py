@@ -120,10 +120,9 @@ def start_checkout(tenant: Tenant, actor: Actor, *, mode: str, success_url: str,
                                          "setup_future_usage": "off_session"}
     else:
         params["mode"] = "setup"
-        # The typed parameters of the stripe library (API version 2026-10-28) have
-        # allowed_payment_method_types in place of this parameter, which the local
-        # stand-in of Stripe (tests/stripe_stub.py) still expects.
-        params["payment_method_types"] = ["card"]  # type: ignore[typeddict-unknown-key]
+        # Cards only: since API version 2026-09-30.endive Checkout takes the allowed
+        # types as a filter (payment_method_types is refused).
+        params["allowed_payment_method_types"] = ["card"]
         params["currency"] = tenant.currency.lower()
     session = client().v1.checkout.sessions.create(params=params)
     if session.url is None:  # only embedded Checkout sessions come without a page

@@ -262,6 +262,28 @@ def _check_params(params: Mapping[str, Any], spec: Spec, prefix: str = "") -> No
             raise _invalid(f"Invalid object: {name}", name)
 
 
+def _no_payment_method_types(params: Mapping[str, Any]) -> None:
+    """Since API version 2026-09-30.endive a PaymentIntent or SetupIntent takes no
+    ``payment_method_types``: Stripe answers 400 with this code."""
+    if "payment_method_types" in params:
+        raise _invalid(
+            "payment_method_types is no longer supported in this API version; use "
+            "allowed_payment_method_types or dynamic payment methods instead.",
+            "payment_method_types", "payment_method_types_no_longer_supported")
+
+
+def _payment_method_types(params: Mapping[str, Any]) -> list[str]:
+    """The payment method types a Checkout Session offers: the allowed ones (card only
+    here, the one method the stub's hosted page takes), else card."""
+    allowed = params.get("allowed_payment_method_types")
+    if allowed is None:
+        return ["card"]
+    if not isinstance(allowed, list) or not allowed or "card" not in allowed:
+        raise _invalid("allowed_payment_method_types must include card in this stub",
+                       "allowed_payment_method_types")
+    return ["card"]
+
+
 def _string(value: Any, param: str) -> str:
     if not isinstance(value, str):
         raise _invalid(f"Invalid string: {param}", param)
@@ -469,13 +491,15 @@ _CHECKOUT_CREATE: Spec = {
         "statement_descriptor": None,
         "statement_descriptor_suffix": None,
     },
-    "payment_method_types": None,
+    "allowed_payment_method_types": None,
+    "excluded_payment_method_types": None,
     "setup_intent_data": {"description": None, "metadata": None},
     "submit_type": None,
     "success_url": None,
     "ui_mode": None,
 }
 _PAYMENT_INTENT_CREATE: Spec = {
+    "allowed_payment_method_types": None,
     "amount": None,
     "automatic_payment_methods": None,
     "capture_method": None,
@@ -488,7 +512,6 @@ _PAYMENT_INTENT_CREATE: Spec = {
     "metadata": None,
     "off_session": None,
     "payment_method": None,
-    "payment_method_types": None,
     "receipt_email": None,
     "return_url": None,
     "setup_future_usage": None,
@@ -1581,7 +1604,7 @@ class StripeStub:
             "metadata": _metadata(params.get("metadata", {})),
             "mode": mode,
             "payment_intent": None,
-            "payment_method_types": params.get("payment_method_types") or ["card"],
+            "payment_method_types": _payment_method_types(params),
             "payment_status": "unpaid",
             "setup_intent": None,
             "status": "open",
@@ -1931,6 +1954,7 @@ class StripeStub:
         queued with ``decline_next_payment``: then HTTP 402 ``card_error``.
         """
         params = call.params
+        _no_payment_method_types(params)
         self._check(params, _PAYMENT_INTENT_CREATE)
         amount = _int(_required(params, "amount"), "amount", 1)
         currency = _currency(_required(params, "currency"))

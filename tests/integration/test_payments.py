@@ -89,6 +89,11 @@ def test_completed_checkout_books_a_topup_and_mirrors_the_card(app, world, stub,
 
 def test_setup_checkout_saves_the_card(app, world, stub, client):
     start = _checkout(app, world, mode="setup", amount=None)
+    # Cards only, in the form the pinned API version takes (payment_method_types is
+    # refused since 2026-09-30.endive).
+    (request,) = stub.requests_for("POST", "/v1/checkout/sessions")
+    assert request.params["allowed_payment_method_types"] == ["card"]
+    assert "payment_method_types" not in request.params
     response = _deliver(client, stub.complete_checkout(start.session_id))
     assert response.get_json()["outcome"] == "card saved"
     assert _counts(app, world.ids["a"]) == (0, 0, 2)  # the world's ACH account and the card

@@ -415,6 +415,27 @@ def test_missing_required_param_is_named(client: stripe.StripeClient, stub: Stri
     assert client.v1.customers.list().data == []
 
 
+def test_payment_method_types_is_refused_as_the_pinned_api_version_does(
+        client: stripe.StripeClient, stub: StripeStub):
+    """Since 2026-09-30.endive, Checkout takes ``allowed_payment_method_types`` and no
+    ``payment_method_types``, and a PaymentIntent refuses ``payment_method_types``."""
+    customer = client.v1.customers.create({"email": "ops@acme.test"})
+    params = setup_session_params(customer.id)
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.checkout.sessions.create({**params, "payment_method_types": ["card"]})
+    assert (raised.value.param, raised.value.code) == ("payment_method_types",
+                                                      "parameter_unknown")
+    session = client.v1.checkout.sessions.create(
+        {**params, "allowed_payment_method_types": ["card"]})
+    assert session.payment_method_types == ["card"]
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        client.v1.payment_intents.create({"amount": 100, "currency": "usd",
+                                          "payment_method_types": ["card"]})
+    assert (raised.value.http_status, raised.value.code) == (
+        400, "payment_method_types_no_longer_supported")
+    assert stub.objects("payment_intent") == []
+
+
 # --------------------------------------------------------------------- refunds
 
 
