@@ -7,6 +7,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import socket
 import sqlite3
 from collections.abc import Iterator
 
@@ -82,6 +83,17 @@ def database_copy(app, db_kind: str, tmp_path) -> Iterator[str]:
             _admin_execute(url, f'DROP DATABASE IF EXISTS "{copy.database}" WITH (FORCE)')
 
 
+
+def redis_up() -> bool:
+    """Whether Redis answers on 127.0.0.1:6379 (the Redis-backed tests need it)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+needs_redis = pytest.mark.skipif(not redis_up(), reason="Redis is not running on 127.0.0.1:6379")
 
 PASSWORD = "correct-horse-battery"
 

@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,21 +24,11 @@ from portal.config import PROJECT_ROOT
 from portal.extensions import db
 from tenants.models import Tenant
 from tenants.scoping import unscoped
+from tests.conftest import needs_redis
 from tests.smtp_server import SmtpServer, free_port
 
 ACTOR = Actor.system("tests")
 REDIS_URL = "redis://127.0.0.1:6379/13"
-
-
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
 
 
 def _closed_port() -> int:

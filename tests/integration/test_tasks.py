@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from invoices.models import Invoice
 from portal import tasks
 from portal.extensions import db
 from tenants.scoping import unscoped
-from tests.conftest import database_copy
+from tests.conftest import database_copy, needs_redis
+from tests.smtp_server import free_port
 
 
 def test_the_beat_schedule_runs_every_periodic_job(app):
@@ -44,14 +44,6 @@ def test_without_a_broker_tasks_run_in_process(app, world):
         assert tasks.mark_overdue.delay().get() == 0
 
 
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
 BROKER = "redis://127.0.0.1:6379/14"
 
 
@@ -72,7 +64,7 @@ def _start_worker(app, *, module: str = "portal.worker", fresh: bool = True,
          "--loglevel=WARNING"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@needs_redis
 def test_a_real_worker_closes_each_period_once(app, world):
     """A Celery worker on Redis gets the same close three times (as after a retry or
     a duplicate beat): one invoice per tenant and period."""
@@ -135,7 +127,7 @@ def _issued_invoices(url: str) -> list[tuple]:
         engine.dispose()
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@needs_redis
 def test_a_close_fanned_out_over_a_worker_issues_the_invoices_of_the_in_process_run(
         app, world, db_kind, tmp_path):
     """The same data closed twice: in this process (eager tasks, the embedded default)
@@ -166,7 +158,7 @@ def test_a_close_fanned_out_over_a_worker_issues_the_invoices_of_the_in_process_
     assert "Traceback" not in output, output
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@needs_redis
 def test_a_real_worker_evaluates_alerts_and_mails_them_once(app, world):
     """The beat's evaluation fanned out over a worker three times over: each alert
     fires once and its email goes out once, through a real SMTP server."""
@@ -216,7 +208,7 @@ def test_a_real_worker_evaluates_alerts_and_mails_them_once(app, world):
 VISIBILITY_TIMEOUT = 2  # seconds before the task of a killed worker is handed out again
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@needs_redis
 @pytest.mark.parametrize("killed", ["after the invoice is issued",
                                     "after Stripe charged the card"])
 def test_a_worker_killed_mid_close_is_replaced_and_nothing_is_issued_or_charged_twice(
@@ -305,7 +297,7 @@ def test_a_worker_killed_mid_close_is_replaced_and_nothing_is_issued_or_charged_
     assert "Traceback" not in output, output
 
 
-@pytest.mark.skipif(not _redis_up(), reason="Redis is not running on 127.0.0.1:6379")
+@needs_redis
 def test_the_alert_evaluations_of_a_burst_of_batches_go_to_the_workers_once(
         app, world, monkeypatch):
     """With the jobs on Celery, each ingested batch asks for its tenant's alert check;
@@ -343,14 +335,9 @@ def test_the_alert_evaluations_of_a_burst_of_batches_go_to_the_workers_once(
     batch(alpha, "a-later")
     assert sent[2:] == [((EVALUATE_JOB, alpha), 2)]
 
-    monkeypatch.setitem(app.config, "CELERY_BROKER_URL", f"redis://127.0.0.1:{_free_port()}/0")
+    monkeypatch.setitem(app.config, "CELERY_BROKER_URL", f"redis://127.0.0.1:{free_port()}/0")
     sent.clear()
     batch(alpha, "a-no-redis-1")
     batch(alpha, "a-no-redis-2")
     assert sent == [((EVALUATE_JOB, alpha), 2)] * 2
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
