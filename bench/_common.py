@@ -42,28 +42,34 @@ def log(message: str) -> None:
 
 # -- databases -----------------------------------------------------------------------
 
-def _with_database(url: str, name: str) -> str:
-    base, _, _ = url.rpartition("/")
+def with_database(name: str) -> str:
+    """The URL of database ``name`` on the benchmarks' PostgreSQL server."""
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
     return f"{base}/{name}"
+
+
+def pg_admin():
+    """An autocommit connection to the benchmarks' PostgreSQL server, or exit saying
+    where it was looked for."""
+    import psycopg
+
+    try:
+        return psycopg.connect(PG_ADMIN_URL, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise SystemExit(f"PostgreSQL is not reachable at {PG_ADMIN_URL} "
+                         f"(set BENCH_POSTGRES_URL): {exc}") from exc
 
 
 @contextmanager
 def postgres_database(prefix: str) -> Iterator[str]:
     """A new, empty PostgreSQL database named ``<prefix>_<random>``, dropped on exit
     (also after a failure). Yields its URL."""
-    import psycopg
-
     name = f"{prefix}_{secrets.token_hex(4)}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise SystemExit(f"PostgreSQL is not reachable at {PG_ADMIN_URL} "
-                         f"(set BENCH_POSTGRES_URL): {exc}") from exc
-    with admin:
+    with pg_admin() as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
         log(f"created PostgreSQL database {name}")
         try:
-            yield _with_database(PG_ADMIN_URL, name)
+            yield with_database(name)
         finally:
             # FORCE ends connections a failed run may have left open.
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -41,7 +41,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (
-    PG_ADMIN_URL,
     Measure,
     Row,
     Stopwatch,
@@ -51,8 +50,10 @@ from bench._common import (
     median,
     migrated_app,
     new_tenant,
+    pg_admin,
     postgres_database,
     report,
+    with_database,
 )
 from bench.usage_summary import (
     HISTORY_DAYS,
@@ -343,20 +344,13 @@ def parse_args() -> argparse.Namespace:
 @contextmanager
 def kept_postgres_database() -> Iterator[str]:
     """The PostgreSQL database ``KEPT``, created when missing and never dropped."""
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True)
-    except psycopg.OperationalError as exc:
-        raise SystemExit(f"PostgreSQL is not reachable at {PG_ADMIN_URL} "
-                         f"(set BENCH_POSTGRES_URL): {exc}") from exc
-    with admin:
+    with pg_admin() as admin:
         if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (KEPT,)).fetchone():
             log(f"reusing PostgreSQL database {KEPT}")
         else:
             admin.execute(f'CREATE DATABASE "{KEPT}"')
             log(f"created PostgreSQL database {KEPT} (kept)")
-    yield f"{PG_ADMIN_URL.rpartition('/')[0]}/{KEPT}"
+    yield with_database(KEPT)
 
 
 @contextmanager
@@ -376,9 +370,7 @@ def reset(dialect: str, url: str) -> None:
     if dialect == "sqlite":
         Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
         return
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+    with pg_admin() as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{KEPT}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{KEPT}"')
 
