@@ -15,6 +15,7 @@ differs from the scope, or whose tenant changes, is refused.
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -141,13 +142,34 @@ def _isolated_mappers(state: ORMExecuteState) -> list[type[TenantIsolated]]:
     """Isolated classes the statement touches: its entities, and also any isolated
     table inside subqueries, CTEs and joins (a statement that selects from a
     subquery has no top-level entity, and must not slip past the scope)."""
-    entities = {m.class_ for m in state.all_mappers if issubclass(m.class_, TenantIsolated)}
-    found = set(entities)
+    statement = cast(ClauseElement, state.statement)
+    try:
+        found, core_only = _statement_tables[statement]
+    except KeyError:
+        found, core_only = _statement_tables[statement] = _tables_of(state, statement)
+    if core_only and not _current_scope.get().is_all:
+        # A plain Core table is invisible to with_loader_criteria: refuse it.
+        names = ", ".join(sorted(c.__name__ for c in core_only))
+        raise TenantScopeError(f"query the {names} entity, not its table, in a tenant scope")
+    return list(found)
+
+
+# Statements are immutable, so what one touches is found once: a statement built once
+# and run often (a report's, with bind parameters) is not walked on every execution.
+_statement_tables: weakref.WeakKeyDictionary[
+    ClauseElement, tuple[frozenset[type[TenantIsolated]], frozenset[type[TenantIsolated]]]
+] = weakref.WeakKeyDictionary()
+
+
+def _tables_of(state: ORMExecuteState, statement: ClauseElement
+               ) -> tuple[frozenset[type[TenantIsolated]], frozenset[type[TenantIsolated]]]:
+    """The isolated classes ``statement`` touches, and those it reaches only through a
+    plain Core table."""
+    found = {m.class_ for m in state.all_mappers if issubclass(m.class_, TenantIsolated)}
     by_table = _isolated_tables()
     orm_tables: set[type[TenantIsolated]] = set()
     core_tables: set[type[TenantIsolated]] = set()
-    # The statement of an ORM execution is a ClauseElement, which iterate() walks.
-    for element in visitors.iterate(cast(ClauseElement, state.statement)):
+    for element in visitors.iterate(statement):
         table = element if isinstance(element, TableClause) else getattr(element, "table", None)
         if not isinstance(table, TableClause):
             continue
@@ -160,11 +182,7 @@ def _isolated_mappers(state: ORMExecuteState) -> list[type[TenantIsolated]]:
             orm_tables.add(cls)
         else:
             core_tables.add(cls)
-    if core_tables - orm_tables and not _current_scope.get().is_all:
-        # A plain Core table is invisible to with_loader_criteria: refuse it.
-        names = ", ".join(sorted(c.__name__ for c in core_tables - orm_tables))
-        raise TenantScopeError(f"query the {names} entity, not its table, in a tenant scope")
-    return list(found)
+    return frozenset(found), frozenset(core_tables - orm_tables)
 
 
 @functools.cache
