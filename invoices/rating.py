@@ -20,13 +20,22 @@ each day, for charts) from one read of its rollups by day.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import Select, func, literal_column, select
+from sqlalchemy import CompoundSelect, Select, func, literal_column, select
 
-from plans.metering import by_metric, metric_label
+from plans.metering import (
+    SpanShape,
+    by_metric,
+    metric_label,
+    span_bind,
+    span_params,
+    span_shape,
+    summed_by_user,
+)
 from plans.metrics import METRICS, PEAK
 from plans.models import PlanVersion, UsageRollup, from_micro
 from plans.periods import Period
@@ -156,6 +165,28 @@ def _span(start: dt.date, end: dt.date) -> str:
     return f"{start:%b} {start.day}–{last:%b} {last.day}, {last.year}"
 
 
+@functools.cache
+def _usage_statement(shape: SpanShape) -> Select | CompoundSelect:
+    """``_Usage.read``'s statement for spans of ``shape``, built once: per summed metric
+    its total per (service, user), per peak metric its peak day's values."""
+    start, end = span_bind("start"), span_bind("end")
+
+    def of_metric(metric: str) -> Select:
+        if metric not in PEAK_METRICS:
+            return summed_by_user(metric, shape)
+        peak_day = (select(UsageRollup.day)
+                    .where(UsageRollup.metric == metric, UsageRollup.day >= start,
+                           UsageRollup.day < end)
+                    .group_by(UsageRollup.day)
+                    .order_by(func.sum(UsageRollup.quantity_micro).desc(), UsageRollup.day)
+                    .limit(1).scalar_subquery())
+        return (select(metric_label(metric), UsageRollup.service, UsageRollup.user_ref,
+                       UsageRollup.quantity_micro)
+                .where(UsageRollup.metric == metric, UsageRollup.day == peak_day))
+
+    return by_metric(of_metric)
+
+
 class _Usage:
     """The usage of a segment's days as rating needs it: per summed metric the total
     per (service, user); per peak metric the total of the day with the highest one
@@ -188,27 +219,9 @@ class _Usage:
         per summed metric the total per (service, user) over the days; per peak metric
         the values per (service, user) of its peak day, the day with the highest total
         (the earliest of equal days)."""
-        within = (UsageRollup.day >= start, UsageRollup.day < end)
-
-        def of_metric(metric: str) -> Select:
-            if metric in PEAK_METRICS:
-                peak_day = (select(UsageRollup.day)
-                            .where(UsageRollup.metric == metric, *within)
-                            .group_by(UsageRollup.day)
-                            .order_by(func.sum(UsageRollup.quantity_micro).desc(),
-                                      UsageRollup.day)
-                            .limit(1).scalar_subquery())
-                return (select(metric_label(metric), UsageRollup.service,
-                               UsageRollup.user_ref, UsageRollup.quantity_micro)
-                        .where(UsageRollup.metric == metric, UsageRollup.day == peak_day))
-            # Users first: they tell the groups apart sooner.
-            return (select(metric_label(metric), UsageRollup.service, UsageRollup.user_ref,
-                           func.sum(UsageRollup.quantity_micro))
-                    .where(UsageRollup.metric == metric, *within)
-                    .group_by(UsageRollup.user_ref, UsageRollup.service))
-
         with tenant_scope(tenant):
-            rows = db.session.execute(by_metric(of_metric)).all()
+            rows = db.session.execute(_usage_statement(span_shape(start, end)),
+                                      span_params(tenant.id, start, end)).all()
         usage = cls()
         peak_cells: dict[str, dict[tuple[str, str], int]] = defaultdict(dict)
         # int(): PostgreSQL sums bigints as numeric.

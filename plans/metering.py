@@ -19,27 +19,32 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
+    BindParameter,
     CompoundSelect,
+    Date,
+    Integer,
     Label,
     Select,
     String,
     bindparam,
+    case,
     func,
     literal,
     select,
+    text,
     union_all,
 )
 from sqlalchemy import inspect as sa_inspect
 
 from plans.alerts import EVALUATE_JOB as EVALUATE_ALERTS_JOB
 from plans.metrics import METRIC_CODES, METRICS, PEAK, SERVICES
-from plans.models import UsageRollup, from_micro
+from plans.models import UsageCompaction, UsageRollup, UsageRollupMonth, from_micro
 from plans.periods import Period
 from portal import jobs
 from portal.extensions import db
 from portal.observability import count_ingestion
 from tenants.models import Tenant
-from tenants.scoping import tenant_scope
+from tenants.scoping import tenant_scope, unscoped
 from tenants.services import lock_tenant
 
 MAX_BATCH = 10_000
@@ -377,6 +382,9 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
             new = _write_new_events(tenant_id, list(seen.values()), dialect)
             if new:
                 _upsert_rollups(tenant_id, new, dialect)
+                through = compacted_through(tenant_id)
+                if through is not None:
+                    _add_to_months(tenant_id, [e for e in new if e.day < through], dialect)
                 jobs.defer(EVALUATE_ALERTS_JOB, tenant_id)
             db.session.commit()
     except BaseException:
@@ -562,6 +570,112 @@ def _upsert_rollups(tenant_id: int, events: list[CleanEvent], dialect: str) -> N
         cursor.close()
 
 
+def _month_of(day: dt.date) -> dt.date:
+    return day.replace(day=1)
+
+
+def _next_month(month: dt.date) -> dt.date:
+    return (month + dt.timedelta(days=32)).replace(day=1)
+
+
+_MONTH_CONFLICT = (
+    "ON CONFLICT (tenant_id, metric, month, service, user_ref) DO UPDATE SET "
+    "quantity_micro = usage_rollup_month.quantity_micro + excluded.quantity_micro, "
+    "event_count = usage_rollup_month.event_count + excluded.event_count"
+)
+_MONTH_COLUMNS = "tenant_id, metric, month, service, user_ref, quantity_micro, event_count"
+
+
+def _add_to_months(tenant_id: int, events: list[CleanEvent], dialect: str) -> None:
+    """Add events of days already compacted to their monthly rollups (peak metrics
+    have none), as the compaction would have had they come before it."""
+    deltas: dict[tuple, list[int]] = {}
+    for e in events:
+        if e.metric in PEAK_METRICS:
+            continue
+        key = (e.metric, _month_of(e.day), e.service, e.user_ref)
+        qty_count = deltas.setdefault(key, [0, 0])
+        qty_count[0] += e.quantity_micro
+        qty_count[1] += 1
+    if not deltas:
+        return
+    placeholder = "%s" if dialect == "postgresql" else "?"
+    cursor = db.session.connection().connection.driver_connection.cursor()
+    try:
+        cursor.executemany(
+            f"INSERT INTO usage_rollup_month ({_MONTH_COLUMNS}) "
+            f"VALUES ({', '.join([placeholder] * 7)}) " + _MONTH_CONFLICT,
+            [(tenant_id, metric, month if dialect == "postgresql" else month.isoformat(),
+              service, user_ref, q, n)
+             for (metric, month, service, user_ref), (q, n) in deltas.items()],
+        )
+    finally:
+        cursor.close()
+
+
+def compacted_through(tenant_id: int) -> dt.date | None:
+    """The day before which the tenant's summed daily rollups are added up per month
+    (read on the session's connection: it runs with every batch)."""
+    return db.session.connection().scalar(_COMPACTED_THROUGH, {"tenant_id": tenant_id})
+
+
+_COMPACTED_THROUGH = (select(UsageCompaction.__table__.c.through)
+                      .where(UsageCompaction.__table__.c.tenant_id == bindparam("tenant_id")))
+
+
+_DATES = (bindparam("since", type_=Date), bindparam("through", type_=Date))
+
+
+def compact_rollups(tenant_id: int, through: dt.date) -> bool:
+    """Add the tenant's summed daily rollups of the days before ``through`` that are
+    not yet in its monthly rollups to them, and move its compaction mark to
+    ``through``; False when the mark already stands there or later. The caller holds
+    the tenant's lock (as ingestion does), so no batch adds to the same days
+    meanwhile; a batch afterwards with events of those days adds them itself."""
+    current = compacted_through(tenant_id)
+    if current is not None and current >= through:
+        return False
+    connection = db.session.connection()
+    postgresql = connection.dialect.name == "postgresql"
+    month = "date_trunc('month', day)::date" if postgresql else "date(day, 'start of month')"
+    summed = ", ".join(f"'{code}'" for code in METRIC_CODES if code not in PEAK_METRICS)
+    since = "AND day >= :since " if current is not None else ""
+    connection.execute(text(
+        f"INSERT INTO usage_rollup_month ({_MONTH_COLUMNS}) "
+        f"SELECT tenant_id, metric, {month}, service, user_ref, sum(quantity_micro), "
+        "sum(event_count) FROM usage_rollup "
+        f"WHERE tenant_id = :tenant_id AND metric IN ({summed}) {since}AND day < :through "
+        f"GROUP BY tenant_id, metric, {month}, service, user_ref " + _MONTH_CONFLICT
+    ).bindparams(*_DATES[0 if since else 1:]),
+        {"tenant_id": tenant_id, "through": through, **({"since": current} if since else {})})
+    connection.execute(text(
+        "INSERT INTO usage_compaction (tenant_id, through) VALUES (:tenant_id, :through) "
+        "ON CONFLICT (tenant_id) DO UPDATE SET through = excluded.through"
+    ).bindparams(_DATES[1]), {"tenant_id": tenant_id, "through": through})
+    return True
+
+
+def compact_usage(now: dt.datetime | None = None) -> int:
+    """Compact every tenant's rollups up to its today (in its time zone), each tenant
+    in a transaction of its own under its lock; returns how many moved."""
+    now = now or dt.datetime.now(dt.UTC)
+    with unscoped():
+        tenants = db.session.execute(select(Tenant.id, Tenant.timezone)
+                                     .order_by(Tenant.id)).all()
+    db.session.rollback()
+    moved = 0
+    for tenant_id, timezone in tenants:
+        try:
+            with tenant_scope(tenant_id):
+                lock_tenant(tenant_id)
+                moved += compact_rollups(tenant_id, now.astimezone(ZoneInfo(timezone)).date())
+            db.session.commit()
+        except BaseException:
+            db.session.rollback()
+            raise
+    return moved
+
+
 # -- reading usage ----------------------------------------------------------------
 
 def by_metric(select_for: Callable[[str], Select], metrics: tuple[str, ...] = METRIC_CODES
@@ -573,6 +687,74 @@ def by_metric(select_for: Callable[[str], Select], metrics: tuple[str, ...] = ME
     hashes one metric's rows at a time."""
     parts = [select_for(metric) for metric in metrics]
     return parts[0] if len(parts) == 1 else union_all(*parts)
+
+
+class SpanShape(NamedTuple):
+    """Which parts ``summed_by_user`` reads for a span of days."""
+
+    month: bool  # the month of the last day, from its monthly rollups where they apply
+    before: bool  # days before that month, from the daily rollups
+    whole_month: bool  # the month ends within the span
+
+
+def span_shape(start: dt.date, end: dt.date) -> SpanShape:
+    """The shape of the days [start, end): the month of its last day can come from
+    the monthly rollups when the span starts on or before its first day."""
+    month = _month_of(end - dt.timedelta(days=1))
+    if start >= end or month < start:
+        return SpanShape(False, False, False)
+    return SpanShape(True, start < month, _next_month(month) <= end)
+
+
+def span_params(tenant_id: int, start: dt.date, end: dt.date) -> dict[str, Any]:
+    """The values of the bind parameters of ``summed_by_user`` (and ``span_bind``)."""
+    month = _month_of(end - dt.timedelta(days=1))
+    return {"tenant_id": tenant_id, "start": start, "end": end, "month": month,
+            "month_end": _next_month(month)}
+
+
+def span_bind(name: str) -> BindParameter:
+    return bindparam(name, type_=Integer if name == "tenant_id" else Date)
+
+
+def summed_by_user(metric: str, shape: SpanShape) -> Select:
+    """A summed metric's total per (service, user) over the days [start, end), as
+    (metric, service, user_ref, quantity_micro) rows, for ``by_metric``; built from
+    bind parameters (``span_params`` gives their values), so a statement of a shape
+    can be built once.
+
+    When the span starts on or before the first of the month of its last day, that
+    month's compacted days come from its monthly rollups (one row per service and
+    user), provided they all lie in the span; the other days come from the daily
+    rollups. The compaction mark is read in the same statement as both, so the
+    parts agree even while a compaction commits."""
+    daily = UsageRollup
+    start, end = span_bind("start"), span_bind("end")
+    if not shape.month:
+        return (select(metric_label(metric), daily.service, daily.user_ref,
+                       func.sum(daily.quantity_micro))
+                .where(daily.metric == metric, daily.day >= start, daily.day < end)
+                .group_by(daily.user_ref, daily.service))
+    month, month_end = span_bind("month"), span_bind("month_end")
+    through = (select(UsageCompaction.through)
+               .where(UsageCompaction.tenant_id == span_bind("tenant_id")).scalar_subquery())
+    # The month's rows stand for its days before the mark, which must all be in the span.
+    used = (through > month) if shape.whole_month else (through > month) & (through <= end)
+    after = case((used, case((through < month_end, through), else_=month_end)), else_=month)
+    parts = [
+        select(UsageRollupMonth.service, UsageRollupMonth.user_ref,
+               UsageRollupMonth.quantity_micro.label("q"))
+        .where(UsageRollupMonth.metric == metric, UsageRollupMonth.month == month, used),
+        select(daily.service, daily.user_ref, daily.quantity_micro.label("q"))
+        .where(daily.metric == metric, daily.day >= after, daily.day < end),
+    ]
+    if shape.before:
+        parts.append(select(daily.service, daily.user_ref, daily.quantity_micro.label("q"))
+                     .where(daily.metric == metric, daily.day >= start, daily.day < month))
+    cells = union_all(*parts).subquery()
+    return (select(metric_label(metric), cells.c.service, cells.c.user_ref,
+                   func.sum(cells.c.q))
+            .group_by(cells.c.user_ref, cells.c.service))
 
 
 def metric_label(metric: str) -> Label[str]:

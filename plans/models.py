@@ -17,6 +17,7 @@ from sqlalchemy import (
     Index,
     Integer,
     Numeric,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -25,12 +26,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from plans.metrics import METRICS
+from plans.metrics import METRICS, PEAK
 from tenants.scoping import TenantScoped
 
 QUANTITY = Numeric(24, 6)
 UNIT_PRICE = Numeric(20, 10)
 METRIC_CHECK = "metric in ({})".format(", ".join(f"'{m}'" for m in METRICS))
+SUMMED_METRIC_CHECK = "metric in ({})".format(
+    ", ".join(f"'{code}'" for code, m in METRICS.items() if m.aggregation != PEAK))
 
 
 class Plan(Model):
@@ -226,19 +229,18 @@ class UsageRollup(TenantScoped, Model):
     __tablename__ = "usage_rollup"
     __tenant_index__: ClassVar[bool] = False
     __table_args__ = (
-        UniqueConstraint("tenant_id", "day", "metric", "service", "user_ref",
-                         name="uq_usage_rollup_key"),
-        CheckConstraint(METRIC_CHECK, name="ck_usage_rollup_metric"),
-        # Covering: a metric's rows of a span of days are read from the index alone,
+        # The key is in the order the reads want it: a metric's rows of a span of days,
         # in (day, service, user) order, for the sums and peaks that rating and the
-        # analytics take per metric (``invoices.rating.by_metric``).
-        Index("ix_usage_rollup_tenant_metric_day_covering", "tenant_id", "metric", "day",
-              "service", "user_ref", "quantity_micro", "event_count"),
+        # analytics take per metric (``plans.metering.by_metric``). The table is that
+        # one tree on SQLite (no rowid) and the key holds the quantities on PostgreSQL,
+        # so those reads need nothing else, and a batch's upsert writes one index.
+        PrimaryKeyConstraint("tenant_id", "metric", "day", "service", "user_ref",
+                             name="pk_usage_rollup",
+                             postgresql_include=["quantity_micro", "event_count"]),
+        CheckConstraint(METRIC_CHECK, name="ck_usage_rollup_metric"),
+        {"sqlite_with_rowid": False},
     )
 
-    id: Mapped[int] = mapped_column(
-        BigInteger().with_variant(Integer, "sqlite"), primary_key=True
-    )
     day: Mapped[dt.date] = mapped_column(Date, nullable=False)
     metric: Mapped[str] = mapped_column(String(32), nullable=False)
     service: Mapped[str] = mapped_column(String(64), nullable=False)
@@ -249,6 +251,45 @@ class UsageRollup(TenantScoped, Model):
     @property
     def quantity(self) -> Decimal:
         return from_micro(self.quantity_micro)
+
+
+class UsageRollupMonth(TenantScoped, Model):
+    """The daily rollups of summed metrics added up per calendar month (of the rollup
+    days), for the days before the tenant's ``UsageCompaction.through``.
+
+    A span of days that starts on or before the first of a month reads that month's
+    rows here instead of one row per day, service and user: the cost of a period's
+    per-user split follows the number of users, not users times days. The compaction
+    job adds the days up; a batch with events of days already added up adds them here
+    too, so the invariant holds at every commit."""
+
+    __tablename__ = "usage_rollup_month"
+    __tenant_index__: ClassVar[bool] = False
+    __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "metric", "month", "service", "user_ref",
+                             name="pk_usage_rollup_month",
+                             postgresql_include=["quantity_micro", "event_count"]),
+        CheckConstraint(SUMMED_METRIC_CHECK, name="ck_usage_rollup_month_metric"),
+        {"sqlite_with_rowid": False},
+    )
+
+    month: Mapped[dt.date] = mapped_column(Date, nullable=False)  # its first day
+    metric: Mapped[str] = mapped_column(String(32), nullable=False)
+    service: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_ref: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    quantity_micro: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class UsageCompaction(TenantScoped, Model):
+    """How far a tenant's daily rollups are added up in ``usage_rollup_month``: every
+    day before ``through``."""
+
+    __tablename__ = "usage_compaction"
+    __tenant_index__: ClassVar[bool] = False
+    __table_args__ = (PrimaryKeyConstraint("tenant_id", name="pk_usage_compaction"),)
+
+    through: Mapped[dt.date] = mapped_column(Date, nullable=False)
 
 
 MICRO = Decimal(1_000_000)

@@ -203,6 +203,15 @@ def mark_overdue_command() -> None:
     click.echo(f"{mark_overdue()} invoice(s) marked overdue.")
 
 
+@billfold.command("compact-usage")
+@with_appcontext
+def compact_usage_command() -> None:
+    """Add up each tenant's daily usage rollups by month, up to its today."""
+    from plans.metering import compact_usage
+
+    click.echo(f"{compact_usage()} tenant(s) compacted.")
+
+
 @billfold.command("charge-usage")
 @with_appcontext
 def charge_usage_command() -> None:

@@ -39,6 +39,8 @@ BEAT_SCHEDULE = {
     "close-periods": {"task": "billfold.close_periods", "schedule": crontab(minute=5)},
     "charge-usage": {"task": "billfold.charge_usage", "schedule": crontab(minute=10)},
     "mark-overdue": {"task": "billfold.mark_overdue", "schedule": crontab(minute=15)},
+    # Each tenant's days before its today added up by month, soon after its midnight.
+    "compact-usage": {"task": "billfold.compact_usage", "schedule": crontab(minute=2)},
     "auto-recharge-sweep": {"task": "billfold.auto_recharge_sweep",
                             "schedule": crontab()},
     # Usage is evaluated as it arrives; the schedule catches what else moves a rule
@@ -119,6 +121,13 @@ def mark_overdue() -> int:
     from invoices.invoicing import mark_overdue as mark
 
     return mark()
+
+
+@celery.task(name="billfold.compact_usage", **RETRY)
+def compact_usage() -> int:
+    from plans.metering import compact_usage as compact
+
+    return compact()
 
 
 @celery.task(name="billfold.auto_recharge_sweep", **RETRY)
