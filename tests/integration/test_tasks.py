@@ -28,7 +28,7 @@ def test_the_beat_schedule_runs_every_periodic_job(app):
     assert {entry["task"] for entry in schedule.values()} == {
         "billfold.close_periods", "billfold.charge_usage", "billfold.mark_overdue",
         "billfold.auto_recharge_sweep", "billfold.evaluate_alerts",
-        "billfold.retry_notifications"}
+        "billfold.retry_notifications", "billfold.compact_usage"}
     assert all(name in tasks.celery.tasks for name in (e["task"] for e in schedule.values()))
 
 
@@ -42,6 +42,8 @@ def test_without_a_broker_tasks_run_in_process(app, world):
             assert count >= 2
             assert len(set(db.session.scalars(select(Invoice.number)))) == count
         assert tasks.mark_overdue.delay().get() == 0
+        assert tasks.compact_usage.delay().get() == 2  # each tenant's mark set once
+        assert tasks.compact_usage.delay().get() == 0
 
 
 BROKER = "redis://127.0.0.1:6379/14"
