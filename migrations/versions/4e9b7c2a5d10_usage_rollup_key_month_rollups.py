@@ -92,5 +92,7 @@ def downgrade():
                             name="uq_usage_rollup_key"),
     )
     _copy_into("usage_rollup_with_id")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER SEQUENCE usage_rollup_with_id_id_seq RENAME TO usage_rollup_id_seq")
     op.create_index("ix_usage_rollup_tenant_metric_day_covering", "usage_rollup",
                     KEY + QUANTITIES, unique=False)
