@@ -221,7 +221,19 @@ class UsageEvent(TenantScoped, Model):
         return from_micro(self.quantity_micro)
 
 
-class UsageRollup(TenantScoped, Model):
+class _RollupCells:
+    """The columns of a rollup row beside its tenant and time: the metric, the cell
+    (service, end user) and the quantities (the events' sum, or for peak metrics
+    their maximum, in millionths of the event unit, and how many events)."""
+
+    metric: Mapped[str] = mapped_column(String(32), nullable=False)
+    service: Mapped[str] = mapped_column(String(64), nullable=False)
+    user_ref: Mapped[str] = mapped_column(String(128), nullable=False, default="")
+    quantity_micro: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+class UsageRollup(_RollupCells, TenantScoped, Model):
     """Usage per tenant, day (tenant time zone), metric, service and end user.
     ``quantity_micro`` is the sum of the day's events, or for peak metrics their
     maximum, in millionths of the event unit."""
@@ -242,18 +254,13 @@ class UsageRollup(TenantScoped, Model):
     )
 
     day: Mapped[dt.date] = mapped_column(Date, nullable=False)
-    metric: Mapped[str] = mapped_column(String(32), nullable=False)
-    service: Mapped[str] = mapped_column(String(64), nullable=False)
-    user_ref: Mapped[str] = mapped_column(String(128), nullable=False, default="")
-    quantity_micro: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
     @property
     def quantity(self) -> Decimal:
         return from_micro(self.quantity_micro)
 
 
-class UsageRollupMonth(TenantScoped, Model):
+class UsageRollupMonth(_RollupCells, TenantScoped, Model):
     """The daily rollups of summed metrics added up per calendar month (of the rollup
     days), for the days before the tenant's ``UsageCompaction.through``.
 
@@ -274,11 +281,6 @@ class UsageRollupMonth(TenantScoped, Model):
     )
 
     month: Mapped[dt.date] = mapped_column(Date, nullable=False)  # its first day
-    metric: Mapped[str] = mapped_column(String(32), nullable=False)
-    service: Mapped[str] = mapped_column(String(64), nullable=False)
-    user_ref: Mapped[str] = mapped_column(String(128), nullable=False, default="")
-    quantity_micro: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
 class UsageCompaction(TenantScoped, Model):
