@@ -142,7 +142,7 @@ def rollup_rows(tenant: Tenant, start: dt.date, end: dt.date, users: bool = True
     """(day, metric, service, user, micro) of the days [start, end). Without ``users``
     the day's users are summed into one row per service, with user ``""``: rated, such
     rows give the same lines, only without their share per user."""
-    user = UsageRollup.user_ref if users else literal_column("''")
+    user = UsageRollup.user_ref if users else literal_column("''").label("user_ref")
 
     def of_metric(metric: str) -> Select:
         group = [UsageRollup.day, UsageRollup.service]

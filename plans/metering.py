@@ -690,8 +690,8 @@ def compact_usage(now: dt.datetime | None = None) -> int:
 def by_metric(select_for: Callable[[str], Select], metrics: tuple[str, ...] = METRIC_CODES
               ) -> Select | CompoundSelect:
     """``select_for(metric)`` for each of ``metrics``, as one statement (UNION ALL).
-    Each part reads one metric's rows of a span of days from the covering index on
-    (tenant, metric, day, service, user, quantities) alone, in that order: grouped by
+    Each part reads one metric's rows of a span of days from the rollups' key
+    (tenant, metric, day, service, user), which holds the quantities, in that order: grouped by
     day, the database sums them as it reads them; grouped otherwise, it sorts or
     hashes one metric's rows at a time."""
     parts = [select_for(metric) for metric in metrics]
@@ -775,7 +775,7 @@ def metric_label(metric: str) -> Label[str]:
 def usage_totals(tenant: Tenant, start: dt.date, end: dt.date) -> dict[str, Decimal]:
     """Usage per metric over the days ``start`` (inclusive) to ``end`` (exclusive), in
     billing units: sums for summed metrics, the highest daily total for peak metrics.
-    Reads rollups only: each metric's days from the covering index, in day order."""
+    Reads rollups only: each metric's days from the rollups' key, in day order."""
     def of_metric(metric: str) -> Select:
         return (select(metric_label(metric), func.sum(UsageRollup.quantity_micro).label("q"))
                 .where(UsageRollup.metric == metric, UsageRollup.day >= start,
