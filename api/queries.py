@@ -17,7 +17,7 @@ from invoices.rating import Rating, rate_period, rate_prefixes, rollup_rows
 from plans.metrics import METRICS, PEAK
 from plans.models import Subscription, from_micro
 from plans.periods import Period, period_containing, today_in
-from plans.services import current_subscription
+from plans.services import SubscriptionHistory, current_subscription
 from plans.usage import usage_summary
 from portal.extensions import db
 from tenants.models import BillfoldUser, Tenant
@@ -30,7 +30,8 @@ UNATTRIBUTED = "(unattributed)"
 
 def anchor_day(tenant: Tenant) -> int:
     with tenant_scope(tenant):
-        sub = db.session.scalar(select(Subscription).order_by(Subscription.starts_on.desc()))
+        sub = db.session.scalar(select(Subscription).order_by(Subscription.starts_on.desc(),
+                                                               Subscription.id.desc()))
     return sub.anchor_day if sub else 1
 
 
@@ -86,8 +87,8 @@ class Bucket:
 
 
 def usage_buckets(tenant: Tenant, start: dt.date, end: dt.date, granularity: str,
-                  group_by: str, rows: list[tuple[dt.date, str, str, str, int]] | None = None
-                  ) -> list[Bucket]:
+                  group_by: str, rows: list[tuple[dt.date, str, str, str, int]] | None = None,
+                  history: SubscriptionHistory | None = None) -> list[Bucket]:
     """Usage and its cost per bucket of [start, end) and per group. A bucket's cost is
     the growth of the rated usage cost of its billing period over the bucket's days
     (overage only: what the plan includes costs nothing), so the buckets of a period
@@ -97,8 +98,10 @@ def usage_buckets(tenant: Tenant, start: dt.date, end: dt.date, granularity: str
     The rollups are read once, from the start of the first billing period to ``end``
     (users summed unless grouping by user), and each period is rated at every bucket
     edge within it from those rows (``rate_prefixes``). ``rows``: such rows when
-    already read, in ``rollup_rows``' form (rows of other days are left out)."""
-    anchor = anchor_day(tenant)
+    already read, in ``rollup_rows``' form (rows of other days are left out);
+    ``history``: the tenant's subscriptions when already read."""
+    history = history or SubscriptionHistory.of(tenant)
+    anchor = history.anchor_day
     bounds = bucket_bounds(start, end, granularity)
     # Each bucket as its parts within one billing period: (period, from, to).
     parts: list[list[tuple[Period, dt.date, dt.date]]] = []
@@ -126,7 +129,8 @@ def usage_buckets(tenant: Tenant, start: dt.date, end: dt.date, granularity: str
         period_rows[period_of[day]].append(row)
     costs_to: dict[tuple[Period, dt.date], dict[str, int]] = {}
     for period, days in edges.items():
-        ratings = rate_prefixes(tenant, period, sorted(days), rows=period_rows[period])
+        ratings = rate_prefixes(tenant, period, sorted(days), rows=period_rows[period],
+                                history=history)
         for day, rating in ratings.items():
             costs_to[(period, day)] = _usage_costs(rating, group_by)
 

@@ -15,16 +15,15 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import select
 
 from api.queries import Bucket, anchor_day, bucket_bounds, usage_buckets
 from invoices.models import LedgerEntry
 from invoices.rating import allocate
-from plans.metering import by_metric, metric_label
+from plans.metering import day_service_rows
 from plans.metrics import METRICS, PEAK
-from plans.models import UsageRollup
 from plans.periods import period_containing
-from plans.services import base_fee_segments
+from plans.services import SubscriptionHistory
 from portal.errors import ValidationFailed
 from portal.extensions import db
 from tenants.models import Tenant
@@ -126,15 +125,16 @@ class SpendPoint:
         return self.usage + self.plan_fee
 
 
-def plan_fee_by_day(tenant: Tenant, start: dt.date, end: dt.date) -> dict[dt.date, int]:
+def plan_fee_by_day(tenant: Tenant, start: dt.date, end: dt.date,
+                    history: SubscriptionHistory | None = None) -> dict[dt.date, int]:
     """The base fee of each billing period that overlaps [start, end), each plan
     segment's rounded fee shared evenly and exactly over its days; days of the range
-    only."""
-    anchor = anchor_day(tenant)
+    only. ``history``: the tenant's subscriptions when already read."""
+    history = history or SubscriptionHistory.of(tenant)
     fees: dict[dt.date, int] = {}
-    period = period_containing(start, anchor)
+    period = period_containing(start, history.anchor_day)
     while period.start < end:
-        for segment in base_fee_segments(tenant, period):
+        for segment in history.base_fee_segments(period):
             days = [segment.starts_on + dt.timedelta(days=n) for n in range(segment.days)]
             shares = allocate(segment.amount.to_minor(), dict.fromkeys(days, 1))
             for day, amount in shares.items():
@@ -144,13 +144,14 @@ def plan_fee_by_day(tenant: Tenant, start: dt.date, end: dt.date) -> dict[dt.dat
     return fees
 
 
-def spend_series(tenant: Tenant, rng: DateRange, buckets: list[Bucket]) -> list[SpendPoint]:
+def spend_series(tenant: Tenant, rng: DateRange, buckets: list[Bucket],
+                 history: SubscriptionHistory | None = None) -> list[SpendPoint]:
     """Spend per bucket of ``rng`` from the metric buckets of ``usage_buckets`` and
     the plan fee; over a whole billing period it adds up to the period's subtotal."""
     usage: dict[dt.date, int] = defaultdict(int)
     for bucket in buckets:
         usage[bucket.start] += bucket.cost
-    fees = plan_fee_by_day(tenant, rng.start, rng.end)
+    fees = plan_fee_by_day(tenant, rng.start, rng.end, history)
     points, running = [], 0
     for first, last in bucket_bounds(rng.start, rng.end, rng.granularity):
         fee = sum(amount for day, amount in fees.items() if first <= day < last)
@@ -230,28 +231,21 @@ class Rollups:
 
 
 def read_rollups(tenant: Tenant, start: dt.date, end: dt.date) -> Rollups:
-    """The rollups of the days [start, end), summed by the database per day, metric and
-    service."""
-    def of_metric(metric: str) -> Select:
-        return (select(UsageRollup.day, metric_label(metric), UsageRollup.service,
-                       func.sum(UsageRollup.quantity_micro), func.sum(UsageRollup.event_count))
-                .where(UsageRollup.metric == metric, UsageRollup.day >= start,
-                       UsageRollup.day < end)
-                .group_by(UsageRollup.day, UsageRollup.service))
-
-    with tenant_scope(tenant):
-        result = db.session.execute(by_metric(of_metric)).all()
-    # int(): PostgreSQL sums bigints as numeric.
-    return Rollups([(day, metric, service, "", int(micro))
+    """The rollups of the days [start, end) per day, metric and service, the users
+    added up (``plans.metering.day_service_rows``)."""
+    result = day_service_rows(tenant, start, end)
+    return Rollups([(day, metric, service, "", micro)
                     for day, metric, service, micro, _ in result],
-                   {(day, metric, service): int(count or 0)
+                   {(day, metric, service): count
                     for day, metric, service, _, count in result})
 
 
-def _rollups_for(tenant: Tenant, start: dt.date, end: dt.date) -> Rollups:
+def _rollups_for(tenant: Tenant, start: dt.date, end: dt.date,
+                 history: SubscriptionHistory | None = None) -> Rollups:
     """The rollups that rating [start, end) needs: from the start of its first billing
     period."""
-    return read_rollups(tenant, period_containing(start, anchor_day(tenant)).start, end)
+    anchor = history.anchor_day if history is not None else anchor_day(tenant)
+    return read_rollups(tenant, period_containing(start, anchor).start, end)
 
 
 def daily_usage(tenant: Tenant, start: dt.date, end: dt.date,
@@ -323,18 +317,21 @@ def _quantities(buckets: list[Bucket]) -> dict[str, Decimal]:
 
 def totals(tenant: Tenant, rng: DateRange, buckets: list[Bucket] | None = None,
            spend: list[SpendPoint] | None = None, credit: list[CreditPoint] | None = None,
-           rollups: Rollups | None = None) -> Totals:
+           rollups: Rollups | None = None, history: SubscriptionHistory | None = None
+           ) -> Totals:
     """The range's totals; series already computed for it are reused, and rollups
-    already read from the start of the billing period of its first day to its end."""
+    already read from the start of the billing period of its first day to its end,
+    and the tenant's subscriptions."""
+    history = history or SubscriptionHistory.of(tenant)
     if rollups is None:
-        rollups = _rollups_for(tenant, rng.start, rng.end)
+        rollups = _rollups_for(tenant, rng.start, rng.end, history)
     if buckets is None:
         # One bucket per billing month keeps the rating to a few prefixes.
         buckets = usage_buckets(tenant, rng.start, rng.end, "month", "metric",
-                                rows=rollups.rows)
+                                rows=rollups.rows, history=history)
     usage = sum(b.cost for b in buckets)
     if spend is None:
-        plan_fee = sum(plan_fee_by_day(tenant, rng.start, rng.end).values())
+        plan_fee = sum(plan_fee_by_day(tenant, rng.start, rng.end, history).values())
     else:
         plan_fee = sum(p.plan_fee for p in spend)
     if credit is None:
@@ -400,13 +397,14 @@ def analytics(tenant: Tenant, rng: DateRange) -> Analytics:
     """Every chart's series for ``rng`` and the comparison with the range before it,
     from one read of the rollups of both ranges."""
     previous_range = rng.previous()
-    rollups = _rollups_for(tenant, previous_range.start, rng.end)
+    history = SubscriptionHistory.of(tenant)
+    rollups = _rollups_for(tenant, previous_range.start, rng.end, history)
     buckets = usage_buckets(tenant, rng.start, rng.end, rng.granularity, "metric",
-                            rows=rollups.rows)
-    spend = spend_series(tenant, rng, buckets)
+                            rows=rollups.rows, history=history)
+    spend = spend_series(tenant, rng, buckets, history)
     credit = credit_series(tenant, rng)
-    current = totals(tenant, rng, buckets, spend, credit, rollups)
-    previous = totals(tenant, previous_range, rollups=rollups)
+    current = totals(tenant, rng, buckets, spend, credit, rollups, history)
+    previous = totals(tenant, previous_range, rollups=rollups, history=history)
     return Analytics(tenant, rng, previous_range, buckets, spend, credit, current, previous,
                      compare(current, previous), rollups)
 

@@ -25,11 +25,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from sqlalchemy import CompoundSelect, Select, func, literal_column, select
+from sqlalchemy import CompoundSelect, Select, func, select
 
 from plans.metering import (
     SpanShape,
     by_metric,
+    day_service_rows,
     metric_label,
     span_bind,
     span_params,
@@ -39,7 +40,7 @@ from plans.metering import (
 from plans.metrics import METRICS, PEAK
 from plans.models import PlanVersion, UsageRollup, from_micro
 from plans.periods import Period
-from plans.services import BaseFeeSegment, base_fee_segments
+from plans.services import BaseFeeSegment, SubscriptionHistory, base_fee_segments
 from portal.extensions import db
 from portal.money import Money, round_minor
 from tenants.models import Tenant
@@ -142,17 +143,15 @@ def rollup_rows(tenant: Tenant, start: dt.date, end: dt.date, users: bool = True
     """(day, metric, service, user, micro) of the days [start, end). Without ``users``
     the day's users are summed into one row per service, with user ``""``: rated, such
     rows give the same lines, only without their share per user."""
-    user = UsageRollup.user_ref if users else literal_column("''").label("user_ref")
+    if not users:
+        return [(day, metric, service, "", micro)
+                for day, metric, service, micro, _ in day_service_rows(tenant, start, end)]
 
     def of_metric(metric: str) -> Select:
-        group = [UsageRollup.day, UsageRollup.service]
-        if users:
-            group.append(UsageRollup.user_ref)
-        return (select(UsageRollup.day, metric_label(metric), UsageRollup.service, user,
-                       func.sum(UsageRollup.quantity_micro))
+        return (select(UsageRollup.day, metric_label(metric), UsageRollup.service,
+                       UsageRollup.user_ref, UsageRollup.quantity_micro)
                 .where(UsageRollup.metric == metric, UsageRollup.day >= start,
-                       UsageRollup.day < end)
-                .group_by(*group))
+                       UsageRollup.day < end))
 
     with tenant_scope(tenant):
         rows = db.session.execute(by_metric(of_metric)).all()
@@ -253,15 +252,18 @@ def rate_period(tenant: Tenant, period: Period, through: dt.date | None = None) 
 
 
 def rate_prefixes(tenant: Tenant, period: Period, throughs: list[dt.date | None],
-                  rows: list[tuple[dt.date, str, str, str, int]] | None = None
+                  rows: list[tuple[dt.date, str, str, str, int]] | None = None,
+                  history: SubscriptionHistory | None = None
                   ) -> dict[dt.date | None, Rating]:
     """``rate_period`` of ``period`` through each of ``throughs``, by through, from one
     read of the period's rollups by day (``rows`` as ``rollup_rows`` gives them, when
     already read): each plan segment's days are added in order to running totals, and
-    each prefix is rated from them when it is reached."""
+    each prefix is rated from them when it is reached. ``history``: the tenant's
+    subscriptions when already read."""
     ends = {through: min(period.end, through) if through else period.end
             for through in throughs}
-    segments = base_fee_segments(tenant, period)
+    segments = (history.base_fee_segments(period) if history is not None
+                else base_fee_segments(tenant, period))
     last = max(ends.values(), default=period.start)
     if rows is None:
         rated = any(min(s.ends_on, last) > s.starts_on for s in segments)

@@ -9,6 +9,7 @@ duplicate is counted once even across concurrent batches.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,13 @@ from sqlalchemy import inspect as sa_inspect
 
 from plans.alerts import EVALUATE_JOB as EVALUATE_ALERTS_JOB
 from plans.metrics import METRIC_CODES, METRICS, PEAK, SERVICES
-from plans.models import UsageCompaction, UsageRollup, UsageRollupMonth, from_micro
+from plans.models import (
+    UsageCompaction,
+    UsageRollup,
+    UsageRollupMonth,
+    UsageRollupService,
+    from_micro,
+)
 from plans.periods import Period
 from portal import jobs
 from portal.extensions import db
@@ -383,7 +390,10 @@ def ingest_events(tenant: Tenant, events: Sequence[Any], *,
             if new:
                 _upsert_rollups(tenant_id, new, dialect)
                 if through is not None:
-                    _add_to_months(tenant_id, [e for e in new if e.day < through], dialect)
+                    late = [e for e in new if e.day < through]
+                    if late:
+                        _add_to_months(tenant_id, late, dialect)
+                        _rewrite_service_days(tenant_id, late, dialect)
                 jobs.defer(EVALUATE_ALERTS_JOB, tenant_id)
             db.session.commit()
     except BaseException:
@@ -623,8 +633,37 @@ def _add_to_months(tenant_id: int, events: list[CleanEvent], dialect: str) -> No
         cursor.close()
 
 
+_SERVICE_COLUMNS = "tenant_id, metric, day, service, quantity_micro, event_count"
+_SERVICE_SELECT = ("SELECT tenant_id, metric, day, service, sum(quantity_micro), sum(event_count) "
+                   "FROM usage_rollup WHERE tenant_id = {p} ")
+_SERVICE_UPSERT = (
+    "GROUP BY tenant_id, metric, day, service "
+    "ON CONFLICT (tenant_id, metric, day, service) DO UPDATE SET "
+    "quantity_micro = excluded.quantity_micro, event_count = excluded.event_count"
+)
+
+
+def _rewrite_service_days(tenant_id: int, events: list[CleanEvent], dialect: str) -> None:
+    """Write the per-service rows of the compacted days that ``events`` changed again
+    from their daily rollups (a peak metric's day total is a sum of maxima, so it is
+    recomputed rather than added to)."""
+    keys = sorted({(e.metric, e.day, e.service) for e in events})
+    p = "%s" if dialect == "postgresql" else "?"
+    cursor = db.session.connection().connection.driver_connection.cursor()
+    try:
+        cursor.executemany(
+            f"INSERT INTO usage_rollup_service ({_SERVICE_COLUMNS}) "
+            + _SERVICE_SELECT.format(p=p)
+            + f"AND metric = {p} AND day = {p} AND service = {p} " + _SERVICE_UPSERT,
+            [(tenant_id, metric, day if dialect == "postgresql" else day.isoformat(), service)
+             for metric, day, service in keys],
+        )
+    finally:
+        cursor.close()
+
+
 def compacted_through(tenant_id: int) -> dt.date | None:
-    """The day before which the tenant's summed daily rollups are added up per month."""
+    """The day before which the tenant's daily rollups are compacted."""
     return db.session.connection().scalar(_COMPACTED_THROUGH, {"tenant_id": tenant_id})
 
 
@@ -637,10 +676,11 @@ _DATES = (bindparam("since", type_=Date), bindparam("through", type_=Date))
 
 def compact_rollups(tenant_id: int, through: dt.date) -> bool:
     """Add the tenant's summed daily rollups of the days before ``through`` that are
-    not yet in its monthly rollups to them, and move its compaction mark to
-    ``through``; False when the mark already stands there or later. The caller holds
-    the tenant's lock (as ingestion does), so no batch adds to the same days
-    meanwhile; a batch afterwards with events of those days adds them itself."""
+    not yet in its monthly rollups to them, write its per-service rows of those
+    days, and move its compaction mark to ``through``; False when the mark already
+    stands there or later. The caller holds the tenant's lock (as ingestion does), so
+    no batch adds to the same days meanwhile; a batch afterwards with events of those
+    days adds them itself."""
     current = compacted_through(tenant_id)
     if current is not None and current >= through:
         return False
@@ -655,6 +695,12 @@ def compact_rollups(tenant_id: int, through: dt.date) -> bool:
         "sum(event_count) FROM usage_rollup "
         f"WHERE tenant_id = :tenant_id AND metric IN ({summed}) {since}AND day < :through "
         f"GROUP BY tenant_id, metric, {month}, service, user_ref " + _MONTH_CONFLICT
+    ).bindparams(*_DATES[0 if since else 1:]),
+        {"tenant_id": tenant_id, "through": through, **({"since": current} if since else {})})
+    connection.execute(text(
+        f"INSERT INTO usage_rollup_service ({_SERVICE_COLUMNS}) "
+        + _SERVICE_SELECT.format(p=":tenant_id") + f"{since}AND day < :through "
+        + _SERVICE_UPSERT
     ).bindparams(*_DATES[0 if since else 1:]),
         {"tenant_id": tenant_id, "through": through, **({"since": current} if since else {})})
     connection.execute(text(
@@ -764,6 +810,44 @@ def summed_by_user(metric: str, shape: SpanShape) -> Select:
     return (select(metric_label(metric), cells.c.service, cells.c.user_ref,
                    func.sum(cells.c.q))
             .group_by(cells.c.user_ref, cells.c.service))
+
+
+@functools.cache
+def by_day_and_service() -> CompoundSelect:
+    """Every metric's (day, metric, service, quantity_micro, event_count) over the
+    days [start, end) (bind parameters, with ``tenant_id``: ``span_params``), the
+    users added up: the compacted days from the per-service rows, the days from the
+    compaction mark on from the daily rollups, the mark read in the same statement."""
+    start, end = span_bind("start"), span_bind("end")
+    through = (select(UsageCompaction.through)
+               .where(UsageCompaction.tenant_id == span_bind("tenant_id")).scalar_subquery())
+    live_from = case((through > start, through), else_=start)
+    parts: list[Select] = []
+    for metric in METRIC_CODES:
+        parts.append(
+            select(UsageRollupService.day, metric_label(metric), UsageRollupService.service,
+                   UsageRollupService.quantity_micro, UsageRollupService.event_count)
+            .where(UsageRollupService.metric == metric, UsageRollupService.day >= start,
+                   UsageRollupService.day < end, UsageRollupService.day < through))
+        parts.append(
+            select(UsageRollup.day, metric_label(metric), UsageRollup.service,
+                   func.sum(UsageRollup.quantity_micro), func.sum(UsageRollup.event_count))
+            .where(UsageRollup.metric == metric, UsageRollup.day >= live_from,
+                   UsageRollup.day < end)
+            .group_by(UsageRollup.day, UsageRollup.service))
+    return union_all(*parts)
+
+
+def day_service_rows(tenant: Tenant, start: dt.date, end: dt.date
+                     ) -> list[tuple[dt.date, str, str, int, int]]:
+    """(day, metric, service, micro, events) of the days [start, end), the users
+    added up (``by_day_and_service``)."""
+    with tenant_scope(tenant):
+        rows = db.session.execute(by_day_and_service(),
+                                  span_params(tenant.id, start, end)).all()
+    # int(): PostgreSQL sums bigints as numeric.
+    return [(day, metric, service, int(micro), int(count or 0))
+            for day, metric, service, micro, count in rows]
 
 
 def metric_label(metric: str) -> Label[str]:

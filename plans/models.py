@@ -283,9 +283,35 @@ class UsageRollupMonth(_RollupCells, TenantScoped, Model):
     month: Mapped[dt.date] = mapped_column(Date, nullable=False)  # its first day
 
 
+class UsageRollupService(TenantScoped, Model):
+    """The daily rollups of every metric with the users added up: per tenant, metric,
+    day and service, for the days before the tenant's ``UsageCompaction.through``.
+
+    The day-by-day reads (usage analytics, spend over time) group by day and service
+    only; for compacted days they read one row per metric, day and service here
+    instead of one per user. The compaction job writes these rows; a batch with
+    events of compacted days writes those days' rows again from the daily rollups."""
+
+    __tablename__ = "usage_rollup_service"
+    __tenant_index__: ClassVar[bool] = False
+    __table_args__ = (
+        PrimaryKeyConstraint("tenant_id", "metric", "day", "service",
+                             name="pk_usage_rollup_service",
+                             postgresql_include=["quantity_micro", "event_count"]),
+        CheckConstraint(METRIC_CHECK, name="ck_usage_rollup_service_metric"),
+        {"sqlite_with_rowid": False},
+    )
+
+    day: Mapped[dt.date] = mapped_column(Date, nullable=False)
+    metric: Mapped[str] = mapped_column(String(32), nullable=False)
+    service: Mapped[str] = mapped_column(String(64), nullable=False)
+    quantity_micro: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    event_count: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
 class UsageCompaction(TenantScoped, Model):
-    """How far a tenant's daily rollups are added up in ``usage_rollup_month``: every
-    day before ``through``."""
+    """How far a tenant's daily rollups are added up in ``usage_rollup_month`` and
+    ``usage_rollup_service``: every day before ``through``."""
 
     __tablename__ = "usage_compaction"
     __tenant_index__: ClassVar[bool] = False

@@ -7,6 +7,7 @@ read the request.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -334,16 +335,54 @@ def base_fee_segments(tenant: Tenant, period: Period) -> list[BaseFeeSegment]:
             select(Subscription)
             .where(Subscription.starts_on < period.end,
                    (Subscription.ends_on.is_(None)) | (Subscription.ends_on > period.start))
-            .order_by(Subscription.starts_on)
+            .order_by(Subscription.starts_on, Subscription.id)
         ).all()
+    return _segments(tenant, period, subs)
+
+
+def _segments(tenant: Tenant, period: Period, subs: Sequence[Subscription]
+              ) -> list[BaseFeeSegment]:
+    """The segments of ``period`` of those of ``subs`` (oldest first) in force in it."""
     segments = []
     for sub in subs:
+        if sub.starts_on >= period.end or (sub.ends_on is not None
+                                           and sub.ends_on <= period.start):
+            continue
         start = max(sub.starts_on, period.start)
         end = min(sub.ends_on or period.end, period.end)
         monthly = Money.from_minor(sub.base_price_minor, tenant.currency)
         fraction = Decimal(end.toordinal() - start.toordinal()) / Decimal(period.days)
         segments.append(BaseFeeSegment(sub.plan_version, start, end, monthly, monthly * fraction))
     return segments
+
+
+@dataclass(frozen=True)
+class SubscriptionHistory:
+    """A tenant's subscriptions, oldest first, with their plan versions, read in one
+    statement: for the reads that need the base fee of many periods (a year of
+    analytics), which would otherwise look the subscriptions up once per period."""
+
+    tenant: Tenant
+    subscriptions: tuple[Subscription, ...]
+
+    @classmethod
+    def of(cls, tenant: Tenant) -> SubscriptionHistory:
+        with tenant_scope(tenant):
+            subs = db.session.scalars(
+                select(Subscription)
+                .options(selectinload(Subscription.plan_version))
+                .order_by(Subscription.starts_on, Subscription.id)
+            ).all()
+        return cls(tenant, tuple(subs))
+
+    @property
+    def anchor_day(self) -> int:
+        """The billing cycle's anchor: the latest subscription's (1 without any)."""
+        return self.subscriptions[-1].anchor_day if self.subscriptions else 1
+
+    def base_fee_segments(self, period: Period) -> list[BaseFeeSegment]:
+        """``base_fee_segments(tenant, period)``, from the subscriptions read."""
+        return _segments(self.tenant, period, self.subscriptions)
 
 
 def check_seat_available(tenant: Tenant) -> None:

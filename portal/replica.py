@@ -32,7 +32,7 @@ REPORTING_TABLES = frozenset({
     "usage_rollup", "usage_event", "ledger_entry", "invoice", "invoice_line",
     "invoice_payment", "credit_purchase", "auto_recharge", "subscription", "plan",
     "plan_version", "plan_metric_price", "billing_account", "usage_rollup_month",
-    "usage_compaction",
+    "usage_rollup_service", "usage_compaction",
 })
 
 

@@ -1,10 +1,12 @@
-"""usage rollups keyed in read order, and monthly rollups of summed metrics
+"""usage rollups keyed in read order, monthly rollups of summed metrics, and daily
+rollups per service
 
 ``usage_rollup`` loses its surrogate id: its key (tenant, metric, day, service, user)
 becomes the primary key, holding the quantities on PostgreSQL and making the table
 itself on SQLite (no rowid), in place of the unique constraint and the covering
-index. ``usage_rollup_month`` adds up the summed metrics' days per calendar month up
-to ``usage_compaction.through``; both start empty and the compaction job fills them.
+index. ``usage_rollup_month`` adds up the summed metrics' days per calendar month and
+``usage_rollup_service`` every metric's users per day and service, up to
+``usage_compaction.through``; they start empty and the compaction job fills them.
 
 Revision ID: 4e9b7c2a5d10
 Revises: 71326d1002f5
@@ -67,6 +69,20 @@ def upgrade():
         sqlite_with_rowid=False,
     )
     op.create_table(
+        "usage_rollup_service",
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("metric", sa.String(length=32), nullable=False),
+        sa.Column("service", sa.String(length=64), nullable=False),
+        sa.Column("quantity_micro", sa.BigInteger(), nullable=False),
+        sa.Column("event_count", sa.BigInteger(), nullable=False),
+        sa.Column("tenant_id", sa.Integer(), nullable=False),
+        sa.CheckConstraint(METRIC_CHECK, name="ck_usage_rollup_service_metric"),
+        sa.ForeignKeyConstraint(["tenant_id"], ["tenant.id"], ondelete="RESTRICT"),
+        sa.PrimaryKeyConstraint("tenant_id", "metric", "day", "service",
+                                name="pk_usage_rollup_service", postgresql_include=QUANTITIES),
+        sqlite_with_rowid=False,
+    )
+    op.create_table(
         "usage_compaction",
         sa.Column("through", sa.Date(), nullable=False),
         sa.Column("tenant_id", sa.Integer(), nullable=False),
@@ -77,6 +93,7 @@ def upgrade():
 
 def downgrade():
     op.drop_table("usage_compaction")
+    op.drop_table("usage_rollup_service")
     op.drop_table("usage_rollup_month")
     op.create_table(
         "usage_rollup_with_id",

@@ -1,6 +1,7 @@
-"""Monthly rollups: a span read with the compacted months gives what the daily rollups
-give, whatever the order of batches, late events and compactions; the job moves
-each tenant to its own today; one tenant's compaction never touches another's."""
+"""Compacted rollups: a span read with the compacted months, and the days read per
+service, give what the daily rollups give, whatever the order of batches, late
+events and compactions; the job moves each tenant to its own today; one tenant's
+compaction never touches another's."""
 
 from __future__ import annotations
 
@@ -12,8 +13,20 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, func, select
 
 from invoices.rating import _Usage
-from plans.metering import PEAK_METRICS, compact_rollups, compact_usage, ingest_events
-from plans.models import UsageCompaction, UsageEvent, UsageRollup, UsageRollupMonth
+from plans.metering import (
+    PEAK_METRICS,
+    compact_rollups,
+    compact_usage,
+    day_service_rows,
+    ingest_events,
+)
+from plans.models import (
+    UsageCompaction,
+    UsageEvent,
+    UsageRollup,
+    UsageRollupMonth,
+    UsageRollupService,
+)
 from portal.extensions import db
 from tenants.models import Tenant
 from tenants.scoping import tenant_scope, unscoped
@@ -64,6 +77,32 @@ def _expected(events: list[dict], start: dt.date, end: dt.date):
     return {m: dict(c) for m, c in sums.items()}, peaks, seen
 
 
+def _expected_by_service(events: list[dict], start: dt.date, end: dt.date):
+    """{(day, metric, service): (micro, events)}: each day's users added up (a peak
+    metric's user value being the day's highest reading)."""
+    cells: dict[tuple, int] = defaultdict(int)
+    counts: dict[tuple, int] = defaultdict(int)
+    for e in events:
+        day = e["timestamp"].date()
+        if not start <= day < end:
+            continue
+        key = (day, e["metric"], e["service"], e["user"])
+        micro = e["quantity"] * 1_000_000
+        cells[key] = max(cells[key], micro) if e["metric"] in PEAK_METRICS else cells[key] + micro
+        counts[key] += 1
+    result: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    for (day, metric, service, _), micro in cells.items():
+        result[(day, metric, service)][0] += micro
+        result[(day, metric, service)][1] += counts[(day, metric, service, _)]
+    return {key: tuple(value) for key, value in result.items()}
+
+
+def _by_service(tenant: Tenant, start: dt.date, end: dt.date):
+    rows = day_service_rows(tenant, start, end)
+    assert len(rows) == len({row[:3] for row in rows})  # no day read twice
+    return {(day, metric, service): (micro, count) for day, metric, service, micro, count in rows}
+
+
 def _read(tenant: Tenant, start: dt.date, end: dt.date):
     usage = _Usage.read(tenant, start, end)
     return ({m: dict(c) for m, c in usage.sums.items() if c}, usage.peaks, usage.seen)
@@ -71,7 +110,8 @@ def _read(tenant: Tenant, start: dt.date, end: dt.date):
 
 def _reset(tenant_id: int) -> None:
     with tenant_scope(tenant_id):
-        for model in (UsageCompaction, UsageRollupMonth, UsageRollup, UsageEvent):
+        for model in (UsageCompaction, UsageRollupMonth, UsageRollupService, UsageRollup,
+                      UsageEvent):
             db.session.execute(delete(model))
         db.session.commit()
 
@@ -119,6 +159,7 @@ def test_a_span_reads_the_same_usage_with_months_compacted(app, steps, spans):
                    (dt.date(2026, 11, 1), dt.date(2026, 12, 3))]
         for start, end in checks:
             assert _read(tenant, start, end) == _expected(sent, start, end), (start, end)
+            assert _by_service(tenant, start, end) == _expected_by_service(sent, start, end)
 
 
 def test_late_events_of_compacted_days_reach_the_month(app):
