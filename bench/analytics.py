@@ -2,15 +2,19 @@
 one with 10 thousand.
 
 Both read rollups and the ledger only, so their cost follows the number of rollup
-rows (days x metrics x services x users), not the number of events. Two tenants on
+rows they read, not the number of events: the compacted months and days keep that to
+about one row per month, service and user and one per day and service. Two tenants on
 the Professional plan with six months of history and the same ledger (a monthly
 top-up, a daily usage charge): the small one gets 10,000 events through
 ``ingest_events``; the large one gets the ``usage_rollup`` rows that 10 million
 events (1 million with --quick) of the usage_summary benchmark's mix over 50 users
 leave, inserted in bulk (``event_count`` adds up to the event total; no
 ``usage_event`` rows, which these reads never touch: the statements are captured
-to show it). After (VACUUM) ANALYZE, three reads run for each tenant alternately,
-one warm-up each, then the median of RUNS, each in a fresh transaction:
+to show it). Both are then compacted up to today, as the hourly ``compact-usage`` job
+leaves a tenant: the days before today added up per month and user, and per day and
+service (``plans.metering.compact_rollups``). After (VACUUM) ANALYZE, three reads
+run for each tenant alternately, one warm-up each, then the median of RUNS, each in
+a fresh transaction:
 
 * breakdown: ``cost_breakdown`` of the open period (rated month to date);
 * analytics, 30 days: what the analytics page computes for its default view (the
@@ -223,8 +227,8 @@ def tables_read(tenant_id: int) -> set[str]:
             read(fresh(tenant_id))
     finally:
         event.remove(db.engine, "before_cursor_execute", capture)
-    return {name for s in statements
-            for name in re.findall(r"\b(?:usage_event|usage_rollup(?:_month)?|ledger_entry)\b", s)}
+    tables = re.compile(r"\b(?:usage_event|usage_rollup(?:_month|_service)?|ledger_entry)\b")
+    return {name for s in statements for name in tables.findall(s)}
 
 
 def time_reads(tenant_ids: dict[str, int]) -> dict[str, dict[str, list[float]]]:
