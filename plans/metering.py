@@ -25,6 +25,7 @@ from sqlalchemy import (
     Date,
     Integer,
     Label,
+    ScalarSelect,
     Select,
     String,
     bindparam,
@@ -606,6 +607,11 @@ _MONTH_CONFLICT = (
 _MONTH_COLUMNS = "tenant_id, metric, month, service, user_ref, quantity_micro, event_count"
 
 
+def _date_value(day: dt.date, dialect: str) -> dt.date | str:
+    """A date as the driver takes it (SQLite stores ISO text)."""
+    return day if dialect == "postgresql" else day.isoformat()
+
+
 def _add_to_months(tenant_id: int, events: list[CleanEvent], dialect: str) -> None:
     """Add events of days already compacted to their monthly rollups (peak metrics
     have none), as the compaction would have had they come before it."""
@@ -625,8 +631,7 @@ def _add_to_months(tenant_id: int, events: list[CleanEvent], dialect: str) -> No
         cursor.executemany(
             f"INSERT INTO usage_rollup_month ({_MONTH_COLUMNS}) "
             f"VALUES ({', '.join([placeholder] * 7)}) " + _MONTH_CONFLICT,
-            [(tenant_id, metric, month if dialect == "postgresql" else month.isoformat(),
-              service, user_ref, q, n)
+            [(tenant_id, metric, _date_value(month, dialect), service, user_ref, q, n)
              for (metric, month, service, user_ref), (q, n) in deltas.items()],
         )
     finally:
@@ -655,7 +660,7 @@ def _rewrite_service_days(tenant_id: int, events: list[CleanEvent], dialect: str
             f"INSERT INTO usage_rollup_service ({_SERVICE_COLUMNS}) "
             + _SERVICE_SELECT.format(p=p)
             + f"AND metric = {p} AND day = {p} AND service = {p} " + _SERVICE_UPSERT,
-            [(tenant_id, metric, day if dialect == "postgresql" else day.isoformat(), service)
+            [(tenant_id, metric, _date_value(day, dialect), service)
              for metric, day, service in keys],
         )
     finally:
@@ -689,24 +694,24 @@ def compact_rollups(tenant_id: int, through: dt.date) -> bool:
     month = "date_trunc('month', day)::date" if postgresql else "date(day, 'start of month')"
     summed = ", ".join(f"'{code}'" for code in METRIC_CODES if code not in PEAK_METRICS)
     since = "AND day >= :since " if current is not None else ""
+    binds = _DATES if since else _DATES[1:]
+    params = {"tenant_id": tenant_id, "through": through, "since": current}
     connection.execute(text(
         f"INSERT INTO usage_rollup_month ({_MONTH_COLUMNS}) "
         f"SELECT tenant_id, metric, {month}, service, user_ref, sum(quantity_micro), "
         "sum(event_count) FROM usage_rollup "
         f"WHERE tenant_id = :tenant_id AND metric IN ({summed}) {since}AND day < :through "
         f"GROUP BY tenant_id, metric, {month}, service, user_ref " + _MONTH_CONFLICT
-    ).bindparams(*_DATES[0 if since else 1:]),
-        {"tenant_id": tenant_id, "through": through, **({"since": current} if since else {})})
+    ).bindparams(*binds), params)
     connection.execute(text(
         f"INSERT INTO usage_rollup_service ({_SERVICE_COLUMNS}) "
         + _SERVICE_SELECT.format(p=":tenant_id") + f"{since}AND day < :through "
         + _SERVICE_UPSERT
-    ).bindparams(*_DATES[0 if since else 1:]),
-        {"tenant_id": tenant_id, "through": through, **({"since": current} if since else {})})
+    ).bindparams(*binds), params)
     connection.execute(text(
         "INSERT INTO usage_compaction (tenant_id, through) VALUES (:tenant_id, :through) "
         "ON CONFLICT (tenant_id) DO UPDATE SET through = excluded.through"
-    ).bindparams(_DATES[1]), {"tenant_id": tenant_id, "through": through})
+    ).bindparams(_DATES[1]), params)
     return True
 
 
@@ -737,9 +742,9 @@ def by_metric(select_for: Callable[[str], Select], metrics: tuple[str, ...] = ME
               ) -> Select | CompoundSelect:
     """``select_for(metric)`` for each of ``metrics``, as one statement (UNION ALL).
     Each part reads one metric's rows of a span of days from the rollups' key
-    (tenant, metric, day, service, user), which holds the quantities, in that order: grouped by
-    day, the database sums them as it reads them; grouped otherwise, it sorts or
-    hashes one metric's rows at a time."""
+    (tenant, metric, day, service, user), which holds the quantities, in that order:
+    grouped by day, the database sums them as it reads them; grouped otherwise, it
+    sorts or hashes one metric's rows at a time."""
     parts = [select_for(metric) for metric in metrics]
     return parts[0] if len(parts) == 1 else union_all(*parts)
 
@@ -772,6 +777,13 @@ def span_bind(name: str) -> BindParameter:
     return bindparam(name, type_=Integer if name == "tenant_id" else Date)
 
 
+def _compaction_mark() -> ScalarSelect[dt.date]:
+    """The tenant's compaction mark (``tenant_id`` bound), as a scalar subquery: NULL
+    when it has none, so that every comparison with it is false."""
+    return (select(UsageCompaction.through)
+            .where(UsageCompaction.tenant_id == span_bind("tenant_id")).scalar_subquery())
+
+
 def summed_by_user(metric: str, shape: SpanShape) -> Select:
     """A summed metric's total per (service, user) over the days [start, end), as
     (metric, service, user_ref, quantity_micro) rows, for ``by_metric``; built from
@@ -791,8 +803,7 @@ def summed_by_user(metric: str, shape: SpanShape) -> Select:
                 .where(daily.metric == metric, daily.day >= start, daily.day < end)
                 .group_by(daily.user_ref, daily.service))
     month, month_end = span_bind("month"), span_bind("month_end")
-    through = (select(UsageCompaction.through)
-               .where(UsageCompaction.tenant_id == span_bind("tenant_id")).scalar_subquery())
+    through = _compaction_mark()
     # The month's rows stand for its days before the mark, which must all be in the span.
     used = (through > month) if shape.whole_month else (through > month) & (through <= end)
     after = case((used, case((through < month_end, through), else_=month_end)), else_=month)
@@ -819,8 +830,7 @@ def by_day_and_service() -> CompoundSelect:
     users added up: the compacted days from the per-service rows, the days from the
     compaction mark on from the daily rollups, the mark read in the same statement."""
     start, end = span_bind("start"), span_bind("end")
-    through = (select(UsageCompaction.through)
-               .where(UsageCompaction.tenant_id == span_bind("tenant_id")).scalar_subquery())
+    through = _compaction_mark()
     live_from = case((through > start, through), else_=start)
     parts: list[Select] = []
     for metric in METRIC_CODES:
