@@ -625,15 +625,24 @@ def _add_to_months(tenant_id: int, events: list[CleanEvent], dialect: str) -> No
         qty_count[1] += 1
     if not deltas:
         return
-    placeholder = "%s" if dialect == "postgresql" else "?"
     cursor = db.session.connection().connection.driver_connection.cursor()
     try:
-        cursor.executemany(
-            f"INSERT INTO usage_rollup_month ({_MONTH_COLUMNS}) "
-            f"VALUES ({', '.join([placeholder] * 7)}) " + _MONTH_CONFLICT,
-            [(tenant_id, metric, _date_value(month, dialect), service, user_ref, q, n)
-             for (metric, month, service, user_ref), (q, n) in deltas.items()],
-        )
+        if dialect == "postgresql":
+            # One statement, the rows as arrays, as the daily upsert does.
+            columns = list(zip(*[(*key, q, n) for key, (q, n) in deltas.items()], strict=True))
+            cursor.execute(
+                f"INSERT INTO usage_rollup_month ({_MONTH_COLUMNS}) "
+                "SELECT %s, * FROM unnest(%s::varchar[], %s::date[], %s::varchar[], "
+                "%s::varchar[], %s::bigint[], %s::bigint[]) " + _MONTH_CONFLICT,
+                (tenant_id, *[list(c) for c in columns]), prepare=False,
+            )
+        else:
+            cursor.executemany(
+                f"INSERT INTO usage_rollup_month ({_MONTH_COLUMNS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) " + _MONTH_CONFLICT,
+                [(tenant_id, metric, month.isoformat(), service, user_ref, q, n)
+                 for (metric, month, service, user_ref), (q, n) in deltas.items()],
+            )
     finally:
         cursor.close()
 
