@@ -1,5 +1,6 @@
 """Helpers for the browser tests: starting the portal, logging in, Stripe webhooks and
-the page checks (titles, labels, horizontal overflow)."""
+the page checks (titles, labels, horizontal overflow, Content-Security-Policy
+violations)."""
 
 from __future__ import annotations
 
@@ -204,3 +205,34 @@ def horizontal_overflow(page: Page) -> dict | None:
     innermost elements reaching past the viewport (``culprits``)."""
     widths = page.evaluate(OVERFLOW_JS)
     return None if widths["scrollWidth"] <= widths["innerWidth"] + 1 else widths
+
+
+# An init script, run in each document before its own scripts: every
+# ``securitypolicyviolation`` event the browser fires in the document (a style, a
+# script or a connection the Content-Security-Policy refused) is kept in
+# ``window.__cspViolations`` with the directive, the blocked URI ("inline" for inline
+# styles and scripts), the sample the browser gives and the start of the element.
+CSP_VIOLATIONS_INIT_JS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation", (event) => {
+  const target = event.target;
+  window.__cspViolations.push({
+    directive: event.effectiveDirective,
+    blockedURI: event.blockedURI,
+    sample: event.sample,
+    element: target && target.outerHTML ? target.outerHTML.slice(0, 160) : String(target),
+  });
+}, true);
+"""
+
+
+def watch_csp_violations(page: Page) -> None:
+    """Record the policy violations of every document the page loads from now on."""
+    page.add_init_script(CSP_VIOLATIONS_INIT_JS)
+
+
+def csp_violations(page: Page) -> list[dict]:
+    """The violations recorded in the page's current document, once the events the
+    browser has queued for it have been delivered."""
+    return page.evaluate(
+        "() => new Promise((resolve) => setTimeout(() => resolve(window.__cspViolations), 0))")

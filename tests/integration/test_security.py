@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from html.parser import HTMLParser
 from http.cookies import SimpleCookie
+from pathlib import Path
 
 import pytest
 from flask import Flask
+from jinja2 import ChoiceLoader, DictLoader
 from sqlalchemy import select
 from werkzeug.security import check_password_hash
 
@@ -23,6 +26,7 @@ from portal import create_app
 from portal.audit import Actor
 from portal.config import Config, load_config
 from portal.extensions import db
+from portal.security_headers import FAB_STYLE_ATTRIBUTES, style_hash
 from tenants.models import BillfoldUser, Tenant
 from tenants.scoping import unscoped
 from tests.conftest import PASSWORD, config_for
@@ -38,6 +42,15 @@ SECURITY_HEADERS = {
 }
 SCRIPT_TAG = re.compile(r"<script\b([^>]*)>", re.IGNORECASE)
 INLINE_HANDLER = re.compile(r"<[a-z][^>]*\son[a-z]+\s*=", re.IGNORECASE)
+TEMPLATES = Path(__file__).resolve().parents[2] / "templates"
+# E-mails and the PDFs WeasyPrint renders are no pages: no policy applies to them.
+NON_PAGE_TEMPLATES = ("mail", "pdf")
+# GET routes the page sweeps leave out: logging out would end the sweep's session,
+# Flask-AppBuilder's actions and deletes answer GET by writing, and its downloads
+# send uploaded files (the portal has none).
+NOT_PAGES = ("/logout/",)
+NOT_PAGE_METHODS = ("action", "delete", "download")
+SWEEP_USERS = ("operator", "alpha-admin", "alpha-billing")
 
 
 def _dispose(app) -> None:
@@ -293,12 +306,17 @@ def test_form_action_allows_stripe_checkout_only(app, stub, client):
     assert directives["form-action"] == ["'self'", "https://checkout.stripe.com", stub.url]
 
 
+def pages_without_arguments(app) -> list[str]:
+    """The rules of the GET routes without arguments, logging out left out."""
+    return sorted({r.rule for r in view_routes(app)
+                   if "GET" in r.http_methods and "<" not in r.rule and r.rule not in NOT_PAGES})
+
+
 def test_pages_run_no_script_the_policy_would_block(app, world, login):
     """Every page without arguments, as a Platform Admin and a Tenant Admin: each
     <script> either loads from the portal or carries the response's nonce, and no
     element has an inline event handler."""
-    pages = sorted({r.rule for r in view_routes(app)
-                    if "GET" in r.http_methods and "<" not in r.rule})
+    pages = pages_without_arguments(app)
     problems = []
     for username in ("operator", "alpha-admin"):
         browser = login(username)
@@ -322,6 +340,140 @@ def test_pages_run_no_script_the_policy_would_block(app, world, login):
             if INLINE_HANDLER.search(html):
                 problems.append(f"{username} {path}: inline event handler")
     assert not problems, "\n".join(problems)
+
+
+class InlineStyles(HTMLParser):
+    """The style attributes of a page, each value as a browser reads it (character
+    references decoded, an attribute without a value as empty), and the nonce of
+    each <style> element (None without one)."""
+
+    def __init__(self, html: str):
+        super().__init__(convert_charrefs=True)
+        self.attributes: list[tuple[str, str]] = []  # (tag, value)
+        self.style_nonces: list[str | None] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name == "style":
+                self.attributes.append((tag, value or ""))
+        if tag == "style":
+            self.style_nonces.append(dict(attrs).get("nonce"))
+
+
+def swept_pages(app, world) -> list[str]:
+    """Every page a GET can show: the routes without arguments, those with arguments
+    filled in as ``concrete_url`` does, and each Flask-AppBuilder list one record per
+    page, so that its pager shows too."""
+    urls = set(pages_without_arguments(app))
+    for route in view_routes(app):
+        if "GET" not in route.http_methods or route.method_name in NOT_PAGE_METHODS:
+            continue
+        if "<" in route.rule:
+            urls.add(concrete_url(app, route.rule, route, world))
+        elif route.method_name == "list":
+            urls.add(f"{route.rule}?psize_{type(route.view).__name__}=1")
+    return sorted(urls)
+
+
+def style_problems(response, where: str) -> tuple[list[str], list[str]]:
+    """The texts of a page's style attributes, and the problems: a style attribute
+    whose hash the page's policy lacks, or a <style> element without its nonce."""
+    styles = assert_security_headers(response)["style-src"]
+    assert "'unsafe-inline'" not in styles, where
+    inline = InlineStyles(response.get_data(as_text=True))
+    problems = [f"{where}: <{tag} style={value!r}> is not allowed"
+                for tag, value in inline.attributes if style_hash(value) not in styles]
+    problems += [f"{where}: <style> without the response's nonce"
+                 for nonce in inline.style_nonces
+                 if nonce is None or f"'nonce-{nonce}'" not in styles]
+    return [value for _, value in inline.attributes], problems
+
+
+def test_style_src_allows_no_inline_style_but_the_nonce_and_the_hashes(app, world, login):
+    """style-src: the portal, the response's nonce (the one its scripts have) and the
+    hashes of Flask-AppBuilder's style attributes; never 'unsafe-inline'."""
+    page = login("alpha-admin").get("/api-docs/")
+    html = page.get_data(as_text=True)
+    nonce = re.search(r'<style nonce="([^"]+)"', html)
+    assert nonce, "the API reference lost its <style> element"
+    styles = csp_directives(page)["style-src"]
+    assert "'unsafe-inline'" not in styles
+    assert styles[:3] == ["'self'", f"'nonce-{nonce.group(1)}'", "'unsafe-hashes'"]
+    assert f"'nonce-{nonce.group(1)}'" in csp_directives(page)["script-src"]
+    hashes = styles[3:]
+    assert all(re.fullmatch(r"'sha256-[A-Za-z0-9+/]{43}='", h) for h in hashes), hashes
+    assert hashes == [style_hash(value) for value in FAB_STYLE_ATTRIBUTES]
+    assert len(set(hashes)) == len(hashes)
+    # base64(sha256(text)); these two as `openssl dgst -sha256 -binary | base64` gives.
+    assert style_hash("display: none") == "'sha256-ZdHxw9eWtnxUb3mk6tBS+gIiVUPE3pGM470keHPDFlE='"
+    assert style_hash("") == "'sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU='"
+    # A page without a nonce of its own gets none for its styles either.
+    assert not any(s.startswith("'nonce-") for s in csp_directives(
+        app.test_client().get("/nothing-here"))["style-src"])
+
+
+def test_every_style_attribute_of_every_page_is_one_the_policy_allows(app, world, login):
+    """Every page a Platform Admin, a Tenant Admin, a Billing Contact or a visitor
+    can GET: each style attribute's text has its hash in the page's policy, and
+    each <style> element carries the page's nonce. Each hashed text is found on some
+    page, but for the one Flask-AppBuilder's filter script sets."""
+    pages = swept_pages(app, world)
+    browsers = [("anonymous", app.test_client(), ["/login/", "/invitation/no-such-token"])]
+    browsers += [(username, login(username), pages) for username in SWEEP_USERS]
+    rendered: set[str] = set()
+    problems: list[str] = []
+    shown = 0
+    for username, browser, paths in browsers:
+        for path in paths:
+            response = browser.get(path)
+            if response.status_code != 200 or response.mimetype != "text/html":
+                response.close()  # a streamed CSV ends its request here
+                continue
+            shown += 1
+            values, found = style_problems(response, f"{username} {path}")
+            rendered.update(values)
+            problems += found
+    assert shown > 60, f"the sweep showed only {shown} pages"
+    assert not problems, "\n".join(problems)
+    set_by_script = {"width: 100%"}
+    assert rendered == set(FAB_STYLE_ATTRIBUTES) - set_by_script, rendered
+    filters = app.test_client().get("/static/appbuilder/js/ab_filters.js")
+    assert """.attr('style', "width: 100%")""" in filters.get_data(as_text=True)
+    filters.close()
+
+
+def test_the_style_check_finds_a_style_attribute_the_policy_refuses(app, world, login):
+    """The check itself: a page of ours given one style attribute fails it."""
+    name = "billfold/notifications.html"
+    original = app.jinja_loader.get_source(app.jinja_env, name)[0]
+    injected = original.replace("{% block content %}",
+                                '{% block content %}<p style="color: red;">', 1)
+    assert injected != original
+    loader = app.jinja_env.loader
+    app.jinja_env.loader = ChoiceLoader([DictLoader({name: injected}), loader])
+    app.jinja_env.cache.clear()
+    try:
+        response = login("alpha-billing").get("/notifications/")
+    finally:
+        app.jinja_env.loader = loader
+        app.jinja_env.cache.clear()
+    assert response.status_code == 200
+    values, problems = style_problems(response, "/notifications/")
+    assert "color: red;" in values
+    assert problems == ["/notifications/: <p style='color: red;'> is not allowed"]
+
+
+def test_our_page_templates_carry_no_style_attributes():
+    """The portal's page templates style through billfold.css, in every branch,
+    including those no sweep renders."""
+    found = [f"{path.relative_to(TEMPLATES)}:{n}: {line.strip()}"
+             for path in sorted(TEMPLATES.rglob("*.html"))
+             if path.relative_to(TEMPLATES).parts[0] not in NON_PAGE_TEMPLATES
+             for n, line in enumerate(path.read_text().splitlines(), 1)
+             if re.search(r"\sstyle\s*=", line, re.IGNORECASE)]
+    assert not found, "\n".join(found)
 
 
 def test_api_reference_and_charts_load_their_scripts_from_the_portal(app, world, login):
