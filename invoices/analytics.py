@@ -249,17 +249,18 @@ def _rollups_for(tenant: Tenant, start: dt.date, end: dt.date,
 
 
 def daily_usage(tenant: Tenant, start: dt.date, end: dt.date,
-                buckets: list[Bucket] | None = None,
-                rollups: Rollups | None = None) -> list[DailyUsage]:
+                buckets: list[Bucket] | None = None, rollups: Rollups | None = None,
+                history: SubscriptionHistory | None = None) -> list[DailyUsage]:
     """One row per day and metric with usage or cost in [start, end): the services
     that used it, the event count, the quantity and the day's cost, oldest first.
     ``buckets``: the range's day buckets by metric when already computed; ``rollups``:
     rollups already read from the start of the billing period of ``start`` to ``end``
-    at least."""
+    at least; ``history``: the tenant's subscriptions when already read."""
     if rollups is None:
-        rollups = _rollups_for(tenant, start, end)
+        rollups = _rollups_for(tenant, start, end, history)
     if buckets is None:
-        buckets = usage_buckets(tenant, start, end, "day", "metric", rows=rollups.rows)
+        buckets = usage_buckets(tenant, start, end, "day", "metric", rows=rollups.rows,
+                                history=history)
     calls: dict[tuple[dt.date, str], int] = defaultdict(int)
     services: dict[tuple[dt.date, str], set[str]] = defaultdict(set)
     for (day, metric, service), count in rollups.calls.items():
@@ -280,7 +281,8 @@ def daily_of(tenant: Tenant, result: Analytics) -> tuple[DateRange, list[DailyUs
     table = daily_table_range(result.range)
     reuse = table == result.range and result.range.granularity == "day"
     return table, daily_usage(tenant, table.start, table.end,
-                              result.usage if reuse else None, result.rollups)
+                              result.usage if reuse else None, result.rollups,
+                              result.history)
 
 
 def daily_table_range(rng: DateRange) -> DateRange:
@@ -391,6 +393,7 @@ class Analytics:
     previous_totals: Totals
     changes: list[Change]
     rollups: Rollups  # what the series were computed from, for the per-day table
+    history: SubscriptionHistory  # the subscriptions they were rated with
 
 
 def analytics(tenant: Tenant, rng: DateRange) -> Analytics:
@@ -406,7 +409,7 @@ def analytics(tenant: Tenant, rng: DateRange) -> Analytics:
     current = totals(tenant, rng, buckets, spend, credit, rollups, history)
     previous = totals(tenant, previous_range, rollups=rollups, history=history)
     return Analytics(tenant, rng, previous_range, buckets, spend, credit, current, previous,
-                     compare(current, previous), rollups)
+                     compare(current, previous), rollups, history)
 
 
 def quantity_of(value: Decimal | None) -> Decimal | None:

@@ -607,11 +607,6 @@ _MONTH_CONFLICT = (
 _MONTH_COLUMNS = "tenant_id, metric, month, service, user_ref, quantity_micro, event_count"
 
 
-def _date_value(day: dt.date, dialect: str) -> dt.date | str:
-    """A date as the driver takes it (SQLite stores ISO text)."""
-    return day if dialect == "postgresql" else day.isoformat()
-
-
 def _add_to_months(tenant_id: int, events: list[CleanEvent], dialect: str) -> None:
     """Add events of days already compacted to their monthly rollups (peak metrics
     have none), as the compaction would have had they come before it."""
@@ -669,7 +664,8 @@ def _rewrite_service_days(tenant_id: int, events: list[CleanEvent], dialect: str
             f"INSERT INTO usage_rollup_service ({_SERVICE_COLUMNS}) "
             + _SERVICE_SELECT.format(p=p)
             + f"AND metric = {p} AND day = {p} AND service = {p} " + _SERVICE_UPSERT,
-            [(tenant_id, metric, _date_value(day, dialect), service)
+            # SQLite stores dates as ISO text.
+            [(tenant_id, metric, day if dialect == "postgresql" else day.isoformat(), service)
              for metric, day, service in keys],
         )
     finally:
